@@ -1,0 +1,133 @@
+"""`subjectflow`: the command line.
+
+    subjectflow run            the whole pipeline (Prefect flow over the DVC stages)
+    subjectflow stage NAME     one stage, through the same flow
+    subjectflow status         which stages are stale and why
+    subjectflow ui             MLflow UI and Prefect server on 127.0.0.1
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+for _k, _v in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("MLFLOW_DISABLE_TELEMETRY", "true"),
+               ("DVC_NO_ANALYTICS", "1"), ("GX_ANALYTICS_ENABLED", "false")):
+    os.environ.setdefault(_k, _v)
+
+
+def _project(args) -> Path:
+    root = Path(args.project).resolve()
+    if not (root / "dvc.yaml").exists():
+        sys.exit(f"{root}: no dvc.yaml here; run from the project folder or pass --project")
+    return root
+
+
+def _print_summary(summary: dict) -> None:
+    print("\nstage        state      compute")
+    for r in summary["stages"]:
+        print(f"{r['stage']:<12} {r['state']:<10} {r.get('seconds', 0.0):7.1f}s")
+    print(f"\nflow wall time {summary['seconds']:.1f}s")
+    print(f"MLflow: {summary['mlflow_url']}")
+
+
+def cmd_run(args, stages=None) -> int:
+    from flows.pipeline import pipeline
+
+    summary = pipeline(project=str(_project(args)), stages=stages, force=args.force,
+                       push=False if args.no_push else None)
+    _print_summary(summary)
+    return 0
+
+
+def cmd_stage(args) -> int:
+    return cmd_run(args, stages=[args.name])
+
+
+def cmd_status(args) -> int:
+    from components import lineage
+
+    root = _project(args)
+    stale = lineage.status(root)
+    for info in lineage.stages(root):
+        reasons = stale.get(info.name)
+        print(f"{info.name}: {'stale' if reasons else 'up to date'}")
+        for r in reasons or []:
+            print(f"    {r}")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from components import tracking
+    from components.config import load_params
+
+    root = _project(args)
+    params = load_params(root / "params.yaml")
+    store = tracking.tracking_uri(root, params)
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store,
+                          "--host", "127.0.0.1", "--port", str(args.mlflow_port)]),
+        subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                          "--port", str(args.prefect_port)]),
+    ]
+    print(f"MLflow UI:      http://127.0.0.1:{args.mlflow_port}  (store {store})")
+    print(f"Prefect server: http://127.0.0.1:{args.prefect_port}")
+    print("Ctrl-C stops both.")
+    try:
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="subjectflow", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name, fn, help):
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--project", default=".", help="project folder holding dvc.yaml and params.yaml")
+        p.set_defaults(fn=fn)
+        return p
+
+    for name, fn, help in (("run", cmd_run, "run the whole pipeline"), ("stage", cmd_stage, "run one stage")):
+        p = add(name, fn, help)
+        if name == "stage":
+            p.add_argument("name", help="stage name from dvc.yaml")
+        p.add_argument("--force", action="store_true", help="rerun even if DVC finds nothing changed")
+        p.add_argument("--no-push", action="store_true", help="do not `dvc push` at the end")
+    add("status", cmd_status, "which stages are stale and why")
+    p = add("ui", cmd_ui, "start the MLflow UI and a Prefect server on 127.0.0.1")
+    p.add_argument("--mlflow-port", type=int, default=5000)
+    p.add_argument("--prefect-port", type=int, default=4200)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from components.config import ParamsError
+
+    try:
+        return args.fn(args)
+    except ParamsError as e:
+        print(e, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""params.yaml, validated. One pydantic model per section; unknown keys and bad values are
+errors that name the file, the key and what is wrong."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .world import TASKS
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SynthesizeParams(Section):
+    """The synthesize stage: the world's settings and how many samples of each dataset."""
+
+    seed: int = Field(0, description="Root seed; every sample's rng is derived from (seed, split, index).")
+    resolution: Annotated[int, Field(ge=8, le=1024)] = Field(32, description="Image side in pixels.")
+    supersample: Annotated[int, Field(ge=1, le=16)] = Field(4, description="Anti-aliasing factor of the renderer.")
+    heldout_fraction: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.1, description="Fraction of identities reserved for the benchmark (never in training).")
+    identity_salt: str = Field("subjectflow-v1", description="Salt of the identity split hash.")
+    single: Annotated[int, Field(ge=0)] = Field(3000, description="Single-subject pairs.")
+    standardize: Annotated[int, Field(ge=0)] = Field(1500, description="Standardization pairs.")
+    multi: Annotated[int, Field(ge=0)] = Field(3000, description="Multi-subject scenes.")
+    multi_tasks: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: {t: 1.0 for t in TASKS}, description="Relative weight of each PSR task in `multi`.")
+    bench_per_subset: Annotated[int, Field(ge=1)] = Field(50, description="Benchmark samples per subset.")
+    character_fraction: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.5, description="Fraction of standardization pairs showing the person (SerialGen's whole-body case).")
+    grid_samples: Annotated[int, Field(ge=1, le=64)] = Field(8, description="Rows of each dataset's sample grid.")
+
+    @field_validator("multi_tasks")
+    @classmethod
+    def _known_tasks(cls, v):
+        unknown = sorted(set(v) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; allowed: {list(TASKS)}")
+        if sum(v.values()) <= 0:
+            raise ValueError("weights must not all be zero")
+        return v
+
+
+class ValidateParams(Section):
+    """The validate stage: the Great Expectations gate on every manifest."""
+
+    decode_images: bool = Field(True, description="Open every PNG and check it decodes at the stated size.")
+    min_samples: Annotated[int, Field(ge=0)] = Field(1, description="Fewest rows a dataset may have.")
+    report_rows: Annotated[int, Field(ge=1)] = Field(20, description="Failing row ids listed per expectation.")
+
+
+class ResourcesParams(Section):
+    """Machine resources; no stage output depends on them, so DVC does not track them."""
+
+    workers: Annotated[int, Field(ge=0)] = Field(0, description="Worker processes for fan-out work; 0 = all cores.")
+
+
+class PipelineParams(Section):
+    """Orchestration and tracking; not tracked by DVC."""
+
+    experiment: str = Field("subjectflow", description="MLflow experiment name.")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db.")
+    artifact_location: str | None = Field(
+        None, description="Artifact root of a new experiment; default: <project>/mlartifacts.")
+    retries: Annotated[int, Field(ge=0)] = Field(1, description="Prefect retries per stage task.")
+    retry_delay_seconds: Annotated[float, Field(ge=0)] = Field(2.0, description="Delay between retries.")
+    push: bool = Field(True, description="`dvc push` the outputs to the default remote when the flow ends.")
+
+
+class Params(Section):
+    synthesize: SynthesizeParams = SynthesizeParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    resources: ResourcesParams = ResourcesParams()
+    pipeline: PipelineParams = PipelineParams()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ParamsError(ValueError):
+    """params.yaml is malformed; the message names the file, the key and the fix."""
+
+
+def _format(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: {len(err.errors())} invalid setting(s)"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]).replace("validate_", "validate")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (misspelt? remove it or use a documented name)")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; raises ParamsError with a readable message."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found (run from the project folder or pass --params)") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of sections")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise ParamsError(_format(path, e)) from None
+
+
+def section_dict(params: Params, name: str) -> dict:
+    """One section as a plain dict, as written in params.yaml."""
+    return params.model_dump(by_alias=True, mode="json")[name]

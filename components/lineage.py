@@ -1,0 +1,169 @@
+"""DVC as the judge of staleness and the record of lineage (dvc.lock).
+
+Thin helpers over DVC's Python API, used by the Prefect flow and the CLI alike, so a stage is
+reproduced the same way whoever starts it.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+@dataclass
+class StageInfo:
+    """A stage of dvc.yaml: its command, the params sections/keys it reads, deps and outs."""
+
+    name: str
+    cmd: str
+    params: list[str] = field(default_factory=list)
+    deps: list[str] = field(default_factory=list)
+    outs: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)
+    upstream: list[str] = field(default_factory=list)
+
+
+def _repo(root: str | Path):
+    from dvc.repo import Repo
+
+    return Repo(str(root))
+
+
+def _paths(entries) -> list[str]:
+    out = []
+    for e in entries or []:
+        out.extend(e.keys() if isinstance(e, dict) else [e])
+    return [str(p) for p in out]
+
+
+def _params(entries) -> list[str]:
+    keys = []
+    for e in entries or []:
+        if isinstance(e, dict):  # {params file: [keys]}
+            for v in e.values():
+                keys.extend(v)
+        else:
+            keys.append(e)
+    return keys
+
+
+def stages(root: str | Path) -> list[StageInfo]:
+    """The stages of dvc.yaml in an order where every stage follows the ones it depends on."""
+    doc = yaml.safe_load((Path(root) / "dvc.yaml").read_text())
+    raw = doc.get("stages", {})
+    infos = {
+        name: StageInfo(name, s["cmd"] if isinstance(s["cmd"], str) else " && ".join(s["cmd"]),
+                        _params(s.get("params")), _paths(s.get("deps")), _paths(s.get("outs")),
+                        _paths(s.get("metrics")))
+        for name, s in raw.items()
+    }
+    produced = {o: n for n, i in infos.items() for o in i.outs + i.metrics}
+    for info in infos.values():
+        info.upstream = sorted({produced[d] for d in info.deps if d in produced})
+    ordered, seen = [], set()
+
+    def visit(name, trail=()):
+        if name in seen:
+            return
+        if name in trail:
+            raise ValueError(f"dvc.yaml: cycle through stages {' -> '.join(trail + (name,))}")
+        for up in infos[name].upstream:
+            visit(up, trail + (name,))
+        seen.add(name)
+        ordered.append(infos[name])
+
+    for name in infos:
+        visit(name)
+    return ordered
+
+
+def status(root: str | Path, targets: list[str] | None = None) -> dict[str, list[str]]:
+    """Stale stages and why, as readable lines ({} when everything is up to date)."""
+    with _repo(root) as repo:
+        raw = repo.status(targets=targets)
+    out: dict[str, list[str]] = {}
+    for name, changes in raw.items():
+        name = name.split(":")[-1]
+        reasons = []
+        for change in changes:
+            if isinstance(change, str):
+                reasons.append(change)
+                continue
+            for kind, detail in change.items():
+                if isinstance(detail, dict):
+                    for path, what in detail.items():
+                        if isinstance(what, dict):  # params: {file: {key: modified}}
+                            reasons.extend(f"{kind}: {path}: {k} {v}" for k, v in what.items())
+                        else:
+                            reasons.append(f"{kind}: {path} {what}")
+                else:
+                    reasons.append(f"{kind}: {detail}")
+        out[name] = reasons
+    return out
+
+
+def reproduce(root: str | Path, name: str, env: dict[str, str] | None = None, force: bool = False) -> bool:
+    """Run stage ``name`` if DVC finds it stale (or ``force``); True if it was reproduced.
+
+    The command runs with this interpreter's folder first on PATH, so ``python`` in dvc.yaml is
+    the one subjectflow runs under even when its virtualenv is not activated.
+    """
+    bindir = str(Path(sys.executable).parent)
+    run_env = {"PATH": bindir + os.pathsep + os.environ.get("PATH", ""), **(env or {})}
+    with _repo(root) as repo:
+        done = repo.reproduce(name, single_item=True, force=force, run_env=run_env)
+    return bool(done)
+
+
+def stage_failure_code(exc: BaseException) -> int | None:
+    """The exit code of the stage command behind a DVC reproduction error, if any."""
+    from dvc.stage.exceptions import StageCmdFailedError
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, StageCmdFailedError):
+            return getattr(exc, "returncode", None) or _code_from_message(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _code_from_message(msg: str) -> int | None:
+    import re
+
+    m = re.search(r"exited with (-?\d+)", msg)
+    return int(m.group(1)) if m else None
+
+
+def locked_outs(root: str | Path, name: str) -> dict[str, str]:
+    """{out path: md5} recorded for stage ``name`` in dvc.lock ({} before its first run)."""
+    lock = Path(root) / "dvc.lock"
+    if not lock.exists():
+        return {}
+    doc = yaml.safe_load(lock.read_text()) or {}
+    stage = doc.get("stages", {}).get(name, {})
+    return {o["path"]: o.get("md5", "") for o in stage.get("outs", [])}
+
+
+def locked_deps(root: str | Path, name: str) -> dict[str, str]:
+    """{dep path: md5} recorded for stage ``name`` in dvc.lock."""
+    lock = Path(root) / "dvc.lock"
+    if not lock.exists():
+        return {}
+    doc = yaml.safe_load(lock.read_text()) or {}
+    stage = doc.get("stages", {}).get(name, {})
+    return {d["path"]: d.get("md5", "") for d in stage.get("deps", [])}
+
+
+def push(root: str | Path) -> int:
+    """Push cached outputs to the default remote; returns the number of files transferred
+    (0 when no default remote is configured)."""
+    with _repo(root) as repo:
+        if not repo.config.get("core", {}).get("remote"):
+            return 0
+        return int(repo.push())

@@ -1,0 +1,68 @@
+"""What makes a module a stage: ``run(params, paths) -> metrics`` plus ``main()``, the command
+DVC calls (``python -m components.<stage> --params params.yaml --<path> ...``).
+
+Paths always come in as arguments (a dataclass per stage, one field per path), never from
+inside the stage, so tests and the flow can point a stage anywhere.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from .config import Params, ParamsError, load_params
+from .io import write_json_atomic
+
+EXIT_PARAMS = 2
+EXIT_DATA_INVALID = 3
+# Set by the flow: where the stage process records that it really ran, its compute time and
+# exit status (DVC may instead skip the stage or restore it from its run cache).
+RECORD_ENV = "SUBJECTFLOW_STAGE_RECORD"
+
+
+class DataValidationError(RuntimeError):
+    """Input data failed a quality gate; retrying will not help."""
+
+
+def stage_main(name: str, run: Callable[[Params, object], dict], paths_cls, argv=None) -> int:
+    """Parse the stage's path arguments, run it, and write its metrics JSON (``--metrics``)."""
+    parser = argparse.ArgumentParser(prog=f"python -m components.{name}", description=run.__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml to read")
+    for f in dataclasses.fields(paths_cls):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=Path, required=True,
+                            help=f.metadata.get("help", ""))
+    parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON written for `dvc metrics`")
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params)
+    except ParamsError as e:
+        print(e, file=sys.stderr)
+        return EXIT_PARAMS
+    paths = paths_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(paths_cls)})
+    t0 = time.perf_counter()
+    code = 0
+    try:
+        metrics = run(params, paths)
+        write_json_atomic(args.metrics, metrics)
+    except DataValidationError as e:
+        print(f"\n{name}: data validation failed\n{e}", file=sys.stderr)
+        code = EXIT_DATA_INVALID
+    except BaseException:
+        code = 1
+        raise
+    finally:
+        record = os.environ.get(RECORD_ENV)
+        if record:
+            with open(record, "w") as f:
+                json.dump({"stage": name, "seconds": time.perf_counter() - t0, "exit_code": code}, f)
+    return code
+
+
+def path_field(help: str):
+    """A path argument of a stage, documented for its --help."""
+    return dataclasses.field(metadata={"help": help})

@@ -1,0 +1,127 @@
+"""MLflow records: one parent run per flow run, one nested run per stage.
+
+Each stage's nested run gets the params it reads (flattened), its metrics, everything in its
+reports folder (sample grids, GX reports), every dataset it reads or writes as an MLflow input
+(whose digest is the DVC hash of that folder), and tags for the git commit, the DVC hashes of its
+outputs and whether it ran, was restored from DVC's run cache, was skipped or failed.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow  # noqa: E402
+
+from .config import Params  # noqa: E402
+from .datasets import MANIFEST  # noqa: E402
+from .lineage import StageInfo, locked_deps, locked_outs  # noqa: E402
+
+
+def tracking_uri(root: Path, params: Params) -> str:
+    """params.yaml pipeline.tracking_uri, else $MLFLOW_TRACKING_URI, else a SQLite file in the project."""
+    return params.pipeline.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root.resolve()}/mlflow.db"
+
+
+def setup(root: Path, params: Params) -> str:
+    """Point MLflow at the configured store and experiment; returns the experiment id."""
+    mlflow.set_tracking_uri(tracking_uri(root, params))
+    name = params.pipeline.experiment
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        mlflow.set_experiment(name)
+        return exp.experiment_id
+    location = params.pipeline.artifact_location or (root.resolve() / "mlartifacts").as_uri()
+    exp_id = mlflow.create_experiment(name, artifact_location=location)
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def git_tags(root: Path) -> dict[str, str]:
+    """The commit the code is at and whether the work tree has uncommitted changes."""
+    def git(*args):
+        r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD") or "none"
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"git.commit": commit, "git.dirty": str(dirty).lower()}
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def stage_params(params: Params, info: StageInfo) -> dict:
+    """The flattened params a stage reads: whole sections or single keys, as dvc.yaml lists them."""
+    full = flatten(params.model_dump(by_alias=True, mode="json"))
+    return {k: v for k, v in full.items() if any(k == p or k.startswith(p + ".") for p in info.params)}
+
+
+def numeric_metrics(metrics: dict) -> dict[str, float]:
+    """The numbers of a (nested) metrics dict, flattened; booleans become 0/1."""
+    out = {}
+    for k, v in flatten(metrics).items():
+        if isinstance(v, bool):
+            out[k] = float(v)
+        elif isinstance(v, (int, float)):
+            out[k] = float(v)
+    return out
+
+
+def _log_datasets(root: Path, info: StageInfo) -> int:
+    import pandas as pd
+
+    outs, deps = locked_outs(root, info.name), locked_deps(root, info.name)
+    n = 0
+    for rel, context, hashes in [(d, "input", deps) for d in info.deps] + [(o, "output", outs) for o in info.outs]:
+        manifest = root / rel / MANIFEST
+        if not manifest.exists():
+            continue
+        df = pd.read_parquet(manifest, columns=["id", "split", "subset", "prompt", "n_subjects", "target"])
+        digest = hashes.get(rel, "").removesuffix(".dir") or None
+        ds = mlflow.data.from_pandas(df, source=str((root / rel).resolve()), name=Path(rel).name, digest=digest)
+        mlflow.log_input(ds, context=context)
+        n += 1
+    return n
+
+
+def log_stage(root: Path, params: Params, info: StageInfo, parent_run_id: str, state: str,
+              metrics: dict | None, seconds: float | None, extra_tags: dict[str, str] | None = None) -> str:
+    """Record one stage in a run nested under ``parent_run_id``; returns the nested run id."""
+    tags = {"stage": info.name, "stage.state": state, **git_tags(root), **(extra_tags or {})}
+    for path, md5 in locked_outs(root, info.name).items():
+        tags[f"dvc.out.{path}"] = md5
+    with mlflow.start_run(run_name=info.name, nested=True, parent_run_id=parent_run_id, tags=tags) as run:
+        p = stage_params(params, info)
+        if p:
+            mlflow.log_params(p)
+        if metrics:
+            mlflow.log_metrics(numeric_metrics(metrics))
+        if seconds is not None:
+            mlflow.log_metric("stage.seconds", seconds)
+        for rel in info.outs:
+            folder = root / rel
+            if rel.startswith("reports") and folder.is_dir():
+                mlflow.log_artifacts(str(folder), artifact_path=rel)
+        _log_datasets(root, info)
+        return run.info.run_id
+
+
+def run_url(run) -> str:
+    """Where a person can look at a run: the server's page, or how to open the local store."""
+    uri = mlflow.get_tracking_uri()
+    path = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    if uri.startswith("http"):
+        return f"{uri.rstrip('/')}/{path}"
+    return f"{uri} (run {run.info.run_id}; open it with `subjectflow ui`, then http://127.0.0.1:5000/{path})"
