@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -90,8 +91,11 @@ def _log_datasets(root: Path, info: StageInfo) -> int:
             continue
         df = pd.read_parquet(manifest, columns=["id", "split", "subset", "prompt", "n_subjects", "target"])
         digest = hashes.get(rel, "").removesuffix(".dir") or None
-        ds = mlflow.data.from_pandas(df, source=str((root / rel).resolve()), name=Path(rel).name, digest=digest)
-        mlflow.log_input(ds, context=context)
+        with warnings.catch_warnings():
+            # MLflow registers the local source class twice and hints about int columns: noise.
+            warnings.simplefilter("ignore", UserWarning)
+            ds = mlflow.data.from_pandas(df, source=str((root / rel).resolve()), name=Path(rel).name, digest=digest)
+            mlflow.log_input(ds, context=context, tags={"dvc.md5": hashes.get(rel, "")})
         n += 1
     return n
 
