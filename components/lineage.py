@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+from contextlib import chdir, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,10 +30,23 @@ class StageInfo:
     upstream: list[str] = field(default_factory=list)
 
 
+_DVC_LOCK = threading.Lock()
+
+
+@contextmanager
 def _repo(root: str | Path):
+    """DVC's Repo for ``root``, entered with ``root`` as the working directory: parts of DVC
+    (run cache, output paths) resolve against the cwd whatever root the Repo was given. The
+    cwd is process-wide, so DVC calls are serialised."""
     from dvc.repo import Repo
 
-    return Repo(str(root))
+    with _DVC_LOCK, chdir(Path(root).resolve()), Repo(str(Path(root).resolve())) as repo:
+        yield repo
+
+
+def _target(root: str | Path, name: str) -> str:
+    # Absolute: DVC resolves a bare stage name against the process's cwd, not the repo root.
+    return f"{Path(root).resolve() / 'dvc.yaml'}:{name}"
 
 
 def _paths(entries) -> list[str]:
@@ -85,7 +100,7 @@ def stages(root: str | Path) -> list[StageInfo]:
 def status(root: str | Path, targets: list[str] | None = None) -> dict[str, list[str]]:
     """Stale stages and why, as readable lines ({} when everything is up to date)."""
     with _repo(root) as repo:
-        raw = repo.status(targets=targets)
+        raw = repo.status(targets=[_target(root, t) for t in targets] if targets else None)
     out: dict[str, list[str]] = {}
     for name, changes in raw.items():
         name = name.split(":")[-1]
@@ -116,7 +131,7 @@ def reproduce(root: str | Path, name: str, env: dict[str, str] | None = None, fo
     bindir = str(Path(sys.executable).parent)
     run_env = {"PATH": bindir + os.pathsep + os.environ.get("PATH", ""), **(env or {})}
     with _repo(root) as repo:
-        done = repo.reproduce(name, single_item=True, force=force, run_env=run_env)
+        done = repo.reproduce(_target(root, name), single_item=True, force=force, run_env=run_env)
     return bool(done)
 
 

@@ -61,22 +61,41 @@ def _placement(rng, identity: Identity, cx: float, cy: float, size: str, action:
     return Placement(identity, cx, cy, size, action, scale, rotation, None)
 
 
-def _positions(rng, scales, relation: str | None = None, tries: int = 500):
+def _relation_positions(rng, scales, relation: str):
+    """Centres of subjects 0 and 1 with subject 0 clearly ``relation`` subject 1: separated
+    along the relation's axis by at least the sum of their half-sizes, and offset across it by
+    less than half that separation."""
+    s0, s1 = scales[:2]
+    need = 0.5 * (s0 + s1)
+    lo0, hi0, lo1, hi1 = s0 / 2, 1 - s0 / 2, s1 / 2, 1 - s1 / 2
+    # Sample "first" (left / top) then "second" (right / bottom) along the axis.
+    first_lo, first_hi = lo0, min(hi0, hi1 - need)
+    if first_hi < first_lo:
+        raise RuntimeError(f"subjects of scales {scales[:2]} cannot stand {relation} one another")
+    a0 = rng.uniform(first_lo, first_hi)
+    a1 = rng.uniform(max(lo1, a0 + need), hi1)
+    gap = a1 - a0
+    c0 = rng.uniform(max(lo0, lo1), min(hi0, hi1))
+    c1 = float(np.clip(c0 + rng.uniform(-0.45, 0.45) * gap, lo1, hi1))
+    if relation in ("right of", "below"):
+        a0, a1 = 1 - a0, 1 - a1  # mirror: subject 0 ends up right of / below subject 1
+        a0, a1 = float(np.clip(a0, lo0, hi0)), float(np.clip(a1, lo1, hi1))
+    if relation in ("left of", "right of"):
+        return [(a0, c0), (a1, c1)]
+    return [(c0, a0), (c1, a1)]
+
+
+def _positions(rng, scales, relation: str | None = None, tries: int = 2000):
     """Centres for subjects of the given scales: inside the frame, overlapping little, and with
     subject 0 clearly ``relation`` subject 1 when a relation is asked for."""
+    def apart(pts):
+        return all(np.hypot(pts[i][0] - pts[j][0], pts[i][1] - pts[j][1]) >= 0.5 * (scales[i] + scales[j])
+                   for i in range(len(pts)) for j in range(i))
+
     for _ in range(tries):
-        pts = [(rng.uniform(s / 2, 1 - s / 2), rng.uniform(s / 2, 1 - s / 2)) for s in scales]
-        ok = all(
-            np.hypot(pts[i][0] - pts[j][0], pts[i][1] - pts[j][1]) >= 0.5 * (scales[i] + scales[j])
-            for i in range(len(pts)) for j in range(i)
-        )
-        if ok and relation is not None:
-            (x0, y0), (x1, y1) = pts[0], pts[1]
-            dx, dy = x1 - x0, y1 - y0
-            along = {"left of": dx, "right of": -dx, "above": dy, "below": -dy}[relation]
-            across = abs(dy) if relation in ("left of", "right of") else abs(dx)
-            ok = along > 0.45 * (scales[0] + scales[1]) and across < 0.5 * along
-        if ok:
+        pts = _relation_positions(rng, scales, relation) if relation else []
+        pts += [(rng.uniform(s / 2, 1 - s / 2), rng.uniform(s / 2, 1 - s / 2)) for s in scales[len(pts):]]
+        if apart(pts):
             return pts
     raise RuntimeError(f"could not place {len(scales)} subjects of scales {scales} (relation={relation})")
 
@@ -194,8 +213,8 @@ def sample_standardize(rng, pool: dict[str, tuple[Identity, ...]], character_fra
     source = Scene(str(rng.choice(backgrounds.SCENE_BACKGROUNDS)), int(rng.integers(2**31)),
                    (_placement(rng, ident, pt[0], pt[1], size, str(rng.choice(actions_for(ident)))),))
     target = standard_view(ident)
-    pose = "front view, canonical pose" if ident.is_character else "upright"
-    prompt = f"the {ident.category} from image 1 standardized: {pose}, centred, {backgrounds.PHRASES['plain']}"
+    prompt = (f"the {ident.category} from image 1 standardized: {CANONICAL_SIZE}, {default_action(ident)}, "
+              f"front view, centred, {backgrounds.PHRASES['plain']}")
     claims = [{"type": "present", "subject": 0, "category": ident.category},
               {"type": "action", "subject": 0, "value": default_action(ident)},
               {"type": "size", "subject": 0, "value": CANONICAL_SIZE},

@@ -1,0 +1,50 @@
+"""Shared fixtures: telemetry off, tiny params, a throwaway project (git + DVC) and one
+Prefect test harness per session (it costs ~20 s to start)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+for _k, _v in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("MLFLOW_DISABLE_TELEMETRY", "true"),
+               ("DVC_NO_ANALYTICS", "1"), ("GX_ANALYTICS_ENABLED", "false")):
+    os.environ[_k] = _v
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"single": 24, "standardize": 12, "multi": 28, "bench_per_subset": 3, "grid_samples": 4}
+
+
+def tiny_params(**synth) -> dict:
+    """The repository's params.yaml shrunk to a few samples per dataset."""
+    from components.project import default_params
+
+    params = default_params()
+    params["synthesize"].update({**TINY, **synth})
+    params["resources"]["workers"] = 1
+    params["pipeline"].update(retries=1, retry_delay_seconds=0, push=True)  # retries on: a data failure must still not retry
+    return params
+
+
+def make_project(dest: Path, params: dict) -> Path:
+    """A fresh project (git + DVC + the code) with the given params."""
+    from components.project import scaffold
+
+    return scaffold(dest, params)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """One Prefect test server for the whole session, in its own PREFECT_HOME."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    os.environ["PREFECT_HOME"] = str(home)
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def python_bin_on_path(monkeypatch):
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])

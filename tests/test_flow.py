@@ -1,0 +1,141 @@
+"""The spine end to end: the Prefect flow runs the DVC stages, DVC decides what is stale, MLflow
+records a parent run with a nested run per stage. Runs against one Prefect test server."""
+from __future__ import annotations
+
+import subprocess
+
+import mlflow
+import pytest
+import yaml
+
+from components import lineage
+from tests.conftest import make_project, tiny_params
+
+pytestmark = pytest.mark.integration
+
+
+def _flow(root, **kw):
+    from flows.pipeline import pipeline
+
+    return pipeline(project=str(root), **kw)
+
+
+def _states(summary):
+    return {r["stage"]: r["state"] for r in summary["stages"]}
+
+
+def _children(parent_run_id):
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                              filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    return {r.info.run_name: r for r in runs}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, prefect_harness):
+    root = make_project(tmp_path_factory.mktemp("project"), tiny_params())
+    first = _flow(root)
+    return root, first
+
+
+def test_first_run_runs_every_stage_and_records_it(project):
+    root, summary = project
+    assert _states(summary) == {"synthesize": "ran", "validate": "ran"}
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    parent = mlflow.get_run(summary["parent_run_id"])
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    assert parent.data.tags["git.commit"] == head and parent.data.tags["flow.state"] == "completed"
+    assert parent.data.metrics["flow.seconds"] >= parent.data.metrics["flow.stage_compute_seconds"] > 0
+    kids = _children(summary["parent_run_id"])
+    assert set(kids) == {"synthesize", "validate"}
+    client = mlflow.MlflowClient()
+    for name, run in kids.items():
+        tags = run.data.tags
+        assert tags["stage.state"] == "ran" and tags["git.commit"] == head
+        for out, md5 in lineage.locked_outs(root, name).items():
+            assert tags[f"dvc.out.{out}"] == md5 and md5
+    syn = kids["synthesize"]
+    assert syn.data.params["synthesize.single"] == str(tiny_params()["synthesize"]["single"])
+    assert syn.data.metrics["multi.samples"] == tiny_params()["synthesize"]["multi"]
+    grids = {a.path for a in client.list_artifacts(syn.info.run_id, "reports/synthesize")}
+    assert grids == {f"reports/synthesize/grid_{s}.png" for s in ("single", "standardize", "multi", "bench")}
+    inputs = {(d.dataset.name, d.dataset.digest) for d in syn.inputs.dataset_inputs}
+    outs = lineage.locked_outs(root, "synthesize")
+    assert inputs == {(s, outs[f"data/{s}"].removesuffix(".dir")) for s in ("single", "standardize", "multi", "bench")}
+    val = kids["validate"]
+    assert val.data.params["validate.decode_images"] == "True"
+    assert val.data.metrics["success"] == 1.0
+    reports = {a.path for a in client.list_artifacts(val.info.run_id, "reports/validate")}
+    assert "reports/validate/summary.md" in reports and "reports/validate/multi.json" in reports
+    assert {d.dataset.name for d in val.inputs.dataset_inputs} == {"single", "standardize", "multi", "bench"}
+    # outputs were pushed to the local DVC remote
+    assert any((root / ".dvc-storage").rglob("*"))
+
+
+def test_prefect_run_ends_with_a_summary_artifact(project):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    root, summary = project
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["subjectflow-pipeline"])))
+    assert arts and any(summary["parent_run_id"] in (a.data or "") for a in arts)
+
+
+def test_rerun_with_nothing_changed_skips_every_stage(project):
+    root, _ = project
+    again = _flow(root)
+    assert _states(again) == {"synthesize": "skipped", "validate": "skipped"}
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    kids = _children(again["parent_run_id"])
+    assert {k: r.data.tags["stage.state"] for k, r in kids.items()} == {"synthesize": "skipped", "validate": "skipped"}
+
+
+def test_changing_a_validate_param_reruns_only_validate(project):
+    root, _ = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["validate"]["report_rows"] = 7
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert set(lineage.status(root)) == {"validate"}
+    summary = _flow(root)
+    assert _states(summary) == {"synthesize": "skipped", "validate": "ran"}
+    assert lineage.status(root) == {}
+
+
+def test_outputs_edited_by_hand_are_restored_by_dvc(project):
+    root, _ = project
+    victim = sorted((root / "data" / "multi" / "images").glob("*_ref1.png"))[0]
+    good = victim.read_bytes()
+    victim.unlink()  # a new file, not an edit: the old one may be a hard link into the DVC cache
+    victim.write_bytes(good[: len(good) // 2])
+    summary = _flow(root)
+    assert _states(summary) == {"synthesize": "restored", "validate": "skipped"}
+    assert victim.read_bytes() == good
+
+
+def test_bad_data_stops_the_pipeline_with_a_report(project):
+    """A bug in synthesis (planted in the project's copy of the code) truncates one reference
+    PNG: synthesize reruns (its code changed), the gate rejects the data, the flow fails
+    without retrying the gate, and the report names the file."""
+    from flows.pipeline import DataGateFailed
+
+    root, _ = project
+    code = root / "components" / "synthesize.py"
+    src = code.read_text()
+    anchor = "        manifest.to_parquet(tmp / MANIFEST, index=False)\n"
+    assert anchor in src
+    bug = ('        if split == "multi":\n'
+           '            victim = tmp / rows[-1]["refs"][0]  # past the sample grid\n'
+           '            victim.write_bytes(victim.read_bytes()[:40])\n')
+    code.write_text(src.replace(anchor, bug + anchor))
+    with pytest.raises(DataGateFailed) as err:
+        _flow(root)
+    assert "multi-000027_ref1.png" in str(err.value)
+    summary = (root / "reports" / "validate" / "summary.md").read_text()
+    assert "FAIL" in summary and "multi-000027_ref1.png undecodable" in summary
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    failed = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                filter_string="tags.`stage.state` = 'failed'")
+    assert [r.info.run_name for r in failed] == ["validate"]  # retries are on, but not for bad data
+    parents = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                 filter_string="tags.`flow.state` = 'failed'")
+    assert len(parents) == 1 and parents[0].info.status == "FAILED"

@@ -1,0 +1,100 @@
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from components import synthesize, world
+from components.config import Params
+from components.datasets import COLUMNS, SPLITS, TRAIN_SPLITS, read_manifest
+from components.synthesize import SynthesizePaths
+from tests.conftest import tiny_params
+
+
+def _run(tmp_path, workers):
+    params = Params.model_validate({**tiny_params(), "resources": {"workers": workers}})
+    paths = SynthesizePaths(out=tmp_path / "data", reports=tmp_path / "reports")
+    return params, paths, synthesize.run(params, paths)
+
+
+def _digest(folder):
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*.png")):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def one_worker(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("w1"), 1)
+
+
+def test_writes_every_dataset_with_its_manifest_and_grid(one_worker):
+    params, paths, metrics = one_worker
+    cfg = params.synthesize
+    for split in SPLITS:
+        m = read_manifest(paths.out / split)
+        assert list(m.columns) == list(COLUMNS)
+        assert m["id"].is_unique
+        expected = cfg.bench_per_subset * len(world.TASKS) if split == "bench" else getattr(cfg, split)
+        assert len(m) == metrics[split]["samples"] == expected
+        for rec in m.itertuples():
+            for rel in [rec.target, rec.mask, *rec.refs]:
+                with Image.open(paths.out / split / rel) as im:
+                    assert im.size == (cfg.resolution, cfg.resolution)
+            assert len(rec.refs) == len(rec.boxes) == len(rec.categories) == rec.n_subjects
+            labels = np.asarray(Image.open(paths.out / split / rec.mask))
+            for k, (x0, y0, x1, y1) in enumerate(rec.boxes):
+                ys, xs = np.nonzero(labels == k + 1)
+                assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1)
+        assert (paths.reports / f"grid_{split}.png").exists()
+    bench = read_manifest(paths.out / "bench")
+    assert (bench["subset"].value_counts() == cfg.bench_per_subset).all()
+
+
+def test_benchmark_identities_never_in_training(one_worker):
+    params, paths, _ = one_worker
+    bench = {i for ids in read_manifest(paths.out / "bench")["identities"] for i in ids}
+    for split in TRAIN_SPLITS:
+        train = {i for ids in read_manifest(paths.out / split)["identities"] for i in ids}
+        assert train and not train & bench
+
+
+def test_scene_json_re_renders_the_target(one_worker):
+    import json
+
+    params, paths, _ = one_worker
+    rec = read_manifest(paths.out / "multi").iloc[3]
+    scene = world.Scene.from_dict(json.loads(rec["scene"]))
+    again = world.render(scene, params.synthesize.resolution, params.synthesize.resolution)
+    saved = np.asarray(Image.open(paths.out / "multi" / rec["target"]))
+    assert np.array_equal(again.image, saved)
+
+
+def test_output_does_not_depend_on_worker_count(one_worker, tmp_path):
+    _, paths1, _ = one_worker
+    _, paths2, m2 = _run(tmp_path, 2)
+    assert m2["workers"] == 2
+    for split in SPLITS:
+        a, b = read_manifest(paths1.out / split), read_manifest(paths2.out / split)
+        pd.testing.assert_frame_equal(a, b)
+        assert _digest(paths1.out / split) == _digest(paths2.out / split)
+
+
+def test_a_crash_leaves_no_half_written_dataset(tmp_path, monkeypatch):
+    params = Params.model_validate(tiny_params())
+    calls = {"n": 0}
+    real = synthesize.write_sample
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("disk on fire")
+        return real(*a, **k)
+
+    monkeypatch.setattr(synthesize, "write_sample", flaky)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        synthesize.synthesize_split(params.synthesize, "single", tmp_path / "single", workers=1)
+    assert not (tmp_path / "single").exists()
+    assert list(tmp_path.iterdir()) == []
