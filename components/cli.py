@@ -36,9 +36,13 @@ def _print_summary(summary: dict) -> None:
 
 
 def cmd_run(args, stages=None) -> int:
+    from components.config import load_params
+
+    root = _project(args)
+    load_params(root / "params.yaml")  # a typo fails here, before Prefect starts a server
     from flows.pipeline import pipeline
 
-    summary = pipeline(project=str(_project(args)), stages=stages, force=args.force,
+    summary = pipeline(project=str(root), stages=stages, force=args.force,
                        push=False if args.no_push else None)
     _print_summary(summary)
     return 0

@@ -21,9 +21,14 @@ from .datasets import MANIFEST  # noqa: E402
 from .lineage import StageInfo, locked_deps, locked_outs  # noqa: E402
 
 
+# Read once, at import: mlflow.set_tracking_uri() writes this variable too, so reading it later
+# would make one project's store leak into the next project run in the same process.
+_ENV_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
 def tracking_uri(root: Path, params: Params) -> str:
     """params.yaml pipeline.tracking_uri, else $MLFLOW_TRACKING_URI, else a SQLite file in the project."""
-    return params.pipeline.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root.resolve()}/mlflow.db"
+    return params.pipeline.tracking_uri or _ENV_TRACKING_URI or f"sqlite:///{root.resolve()}/mlflow.db"
 
 
 def setup(root: Path, params: Params) -> str:

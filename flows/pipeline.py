@@ -66,11 +66,12 @@ def run_stage(project: str, name: str, parent_run_id: str, force: bool = False) 
         env = {RECORD_ENV: str(record_path), "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
                "MLFLOW_PARENT_RUN_ID": parent_run_id}
         log.info("stage %s: %s", name, "; ".join(reasons) if reasons else "up to date")
-        try:
-            reproduced = lineage.reproduce(root, name, env=env, force=force)
-            error = None
-        except Exception as e:  # DVC wraps the command's failure
-            reproduced, error = False, e
+        reproduced, error = False, None
+        if reasons or force:  # DVC already said "up to date": asking it again costs seconds
+            try:
+                reproduced = lineage.reproduce(root, name, env=env, force=force)
+            except Exception as e:  # DVC wraps the command's failure
+                error = e
         record = _read_json(record_path)
     seconds = record["seconds"] if record else 0.0
     state = "failed" if error else ("ran" if record else ("restored" if reproduced else "skipped"))
@@ -134,7 +135,8 @@ def pipeline(project: str = ".", stages: list[str] | None = None, force: bool = 
                 except Exception as e:
                     results.append({"stage": info.name, "state": "failed", "seconds": 0.0, "reasons": [str(e)[:200]]})
                     raise
-            if push if push is not None else params.pipeline.push:
+            changed = any(r["state"] in ("ran", "restored") for r in results)
+            if changed and (push if push is not None else params.pipeline.push):
                 pushed = lineage.push(root)
         finally:
             wall = time.perf_counter() - t0

@@ -12,6 +12,11 @@ for _k, _v in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("MLFLOW_DISABLE_T
                ("DVC_NO_ANALYTICS", "1"), ("GX_ANALYTICS_ENABLED", "false")):
     os.environ[_k] = _v
 
+# Imported now so Prefect's and DVC's console log handlers bind to the session-wide streams,
+# not to the buffers of whichever test's capsys imports them first (closed after that test).
+import dvc.repo  # noqa: E402,F401
+import prefect  # noqa: E402,F401
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"single": 24, "standardize": 12, "multi": 28, "bench_per_subset": 3, "grid_samples": 4}
 

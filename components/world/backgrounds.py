@@ -37,9 +37,15 @@ def _split(h, w, top, bottom, horizon):
     return img.astype(np.float32), x, y
 
 
-def _dots(img, rng, x, y, colour, n, radius):
+def _dots(img, rng, x, y, colour, n, radius, y_range=(0.0, 1.0)):
+    """n round dots at random places; each is drawn in its own small window, not the frame."""
+    h, w = x.shape
     for cx, cy in rng.random((n, 2)):
-        img[(x - cx) ** 2 + (y - cy) ** 2 < radius**2] = colour
+        cy = y_range[0] + (y_range[1] - y_range[0]) * cy
+        x0, x1 = max(int((cx - radius) * w) - 1, 0), min(int((cx + radius) * w) + 2, w)
+        y0, y1 = max(int((cy - radius) * h) - 1, 0), min(int((cy + radius) * h) + 2, h)
+        xs, ys = x[y0:y1, x0:x1], y[y0:y1, x0:x1]
+        img[y0:y1, x0:x1][(xs - cx) ** 2 + (ys - cy) ** 2 < radius**2] = colour
 
 
 def _beach(rng, h, w):
@@ -86,10 +92,7 @@ def _ocean(rng, h, w):
 
 def _meadow(rng, h, w):
     img, x, y = _split(h, w, _c(150, 210, 245), _c(90, 180, 70), 0.4 + 0.1 * rng.random())
-    pts = rng.random((10, 2))
-    for cx, cy in pts:
-        cy = 0.55 + 0.45 * cy
-        img[(x - cx) ** 2 + (y - cy) ** 2 < 0.012**2] = _c(250, 240, 120)
+    _dots(img, rng, x, y, _c(250, 240, 120), 10, 0.012, y_range=(0.55, 1.0))
     return img
 
 
