@@ -3,6 +3,7 @@
     subjectflow run            the whole pipeline (Prefect flow over the DVC stages)
     subjectflow stage NAME     one stage, through the same flow
     subjectflow status         which stages are stale and why
+    subjectflow benchmark --generator NAME   score one generator on the benchmark
     subjectflow ui             MLflow UI and Prefect server on 127.0.0.1
 """
 from __future__ import annotations
@@ -15,8 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+# Telemetry off; and a patient ephemeral Prefect server: its first start migrates a new database,
+# which on a busy 2-core machine can take longer than Prefect's default 20 s.
 for _k, _v in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("MLFLOW_DISABLE_TELEMETRY", "true"),
-               ("DVC_NO_ANALYTICS", "1"), ("GX_ANALYTICS_ENABLED", "false")):
+               ("DVC_NO_ANALYTICS", "1"), ("GX_ANALYTICS_ENABLED", "false"),
+               ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")):
     os.environ.setdefault(_k, _v)
 
 
@@ -62,6 +66,30 @@ def cmd_status(args) -> int:
         print(f"{info.name}: {'stale' if reasons else 'up to date'}")
         for r in reasons or []:
             print(f"    {r}")
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    """Score one generator on the benchmark with the evaluation judges, outside the DAG."""
+    import mlflow
+
+    from components import tracking
+    from components.benchmark.evaluate import benchmark
+    from components.config import load_params
+
+    root = _project(args)
+    params = load_params(root / "params.yaml")
+    judges = root / "models" / "judges" / params.evaluate.judge_set
+    if not judges.exists():
+        sys.exit(f"{judges}: no judges yet; run `subjectflow stage judges` (after synthesize) first")
+    reports = root / "reports" / "benchmark" / args.generator
+    tracking.setup(root, params)
+    with mlflow.start_run(run_name=f"benchmark-{args.generator}", tags={"kind": "benchmark", **tracking.git_tags(root)}):
+        metrics = benchmark(params, root / "data" / "bench", root / "models" / "judges", reports, [args.generator])
+        mlflow.log_metrics(tracking.numeric_metrics(metrics))
+        mlflow.log_artifacts(str(reports), artifact_path="benchmark")
+    print((reports / "table.md").read_text())
+    print(f"reports: {reports}")
     return 0
 
 
@@ -116,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="rerun even if DVC finds nothing changed")
         p.add_argument("--no-push", action="store_true", help="do not `dvc push` at the end")
     add("status", cmd_status, "which stages are stale and why")
+    p = add("benchmark", cmd_benchmark, "score one generator on the benchmark (PSRBench-style)")
+    p.add_argument("--generator", required=True, help="generator name, e.g. oracle, copy_paste, background_only, noise")
     p = add("ui", cmd_ui, "start the MLflow UI and a Prefect server on 127.0.0.1")
     p.add_argument("--mlflow-port", type=int, default=5000)
     p.add_argument("--prefect-port", type=int, default=4200)
