@@ -155,24 +155,22 @@ def _code_from_message(msg: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def locked_outs(root: str | Path, name: str) -> dict[str, str]:
-    """{out path: md5} recorded for stage ``name`` in dvc.lock ({} before its first run)."""
+def _locked(root: str | Path, name: str, kind: str) -> dict[str, str]:
     lock = Path(root) / "dvc.lock"
     if not lock.exists():
         return {}
-    doc = yaml.safe_load(lock.read_text()) or {}
-    stage = doc.get("stages", {}).get(name, {})
-    return {o["path"]: o.get("md5", "") for o in stage.get("outs", [])}
+    stage = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get(name, {})
+    return {e["path"]: e.get("md5", "") for e in stage.get(kind, [])}
+
+
+def locked_outs(root: str | Path, name: str) -> dict[str, str]:
+    """{out path: md5} recorded for stage ``name`` in dvc.lock ({} before its first run)."""
+    return _locked(root, name, "outs")
 
 
 def locked_deps(root: str | Path, name: str) -> dict[str, str]:
     """{dep path: md5} recorded for stage ``name`` in dvc.lock."""
-    lock = Path(root) / "dvc.lock"
-    if not lock.exists():
-        return {}
-    doc = yaml.safe_load(lock.read_text()) or {}
-    stage = doc.get("stages", {}).get(name, {})
-    return {d["path"]: d.get("md5", "") for d in stage.get("deps", [])}
+    return _locked(root, name, "deps")
 
 
 def push(root: str | Path) -> int:
