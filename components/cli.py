@@ -75,21 +75,29 @@ def cmd_benchmark(args) -> int:
 
     from components import tracking
     from components.benchmark.evaluate import benchmark
+    from components.benchmark.generators import available
     from components.config import load_params
 
     root = _project(args)
     params = load_params(root / "params.yaml")
+    if args.generator not in available():
+        sys.exit(f"unknown generator {args.generator!r}; known: {', '.join(available())}")
+    if args.per_subset:
+        params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"per_subset": args.per_subset})})
     judges = root / "models" / "judges" / params.evaluate.judge_set
     if not judges.exists():
         sys.exit(f"{judges}: no judges yet; run `subjectflow stage judges` (after synthesize) first")
     reports = root / "reports" / "benchmark" / args.generator
     tracking.setup(root, params)
-    with mlflow.start_run(run_name=f"benchmark-{args.generator}", tags={"kind": "benchmark", **tracking.git_tags(root)}):
+    tags = {"kind": "benchmark", "generator": args.generator, "judge_set": params.evaluate.judge_set,
+            **tracking.git_tags(root)}
+    with mlflow.start_run(run_name=f"benchmark-{args.generator}", tags=tags) as run:
+        mlflow.log_params(tracking.flatten({"evaluate": params.evaluate.model_dump()}))
         metrics = benchmark(params, root / "data" / "bench", root / "models" / "judges", reports, [args.generator])
         mlflow.log_metrics(tracking.numeric_metrics(metrics))
         mlflow.log_artifacts(str(reports), artifact_path="benchmark")
     print((reports / "table.md").read_text())
-    print(f"reports: {reports}")
+    print(f"reports: {reports}\nMLflow: {tracking.run_url(run)}")
     return 0
 
 
@@ -146,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", cmd_status, "which stages are stale and why")
     p = add("benchmark", cmd_benchmark, "score one generator on the benchmark (PSRBench-style)")
     p.add_argument("--generator", required=True, help="generator name, e.g. oracle, copy_paste, background_only, noise")
+    p.add_argument("--per-subset", type=int, default=None, help="rows per subset (default: params.evaluate.per_subset)")
     p = add("ui", cmd_ui, "start the MLflow UI and a Prefect server on 127.0.0.1")
     p.add_argument("--mlflow-port", type=int, default=5000)
     p.add_argument("--prefect-port", type=int, default=4200)

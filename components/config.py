@@ -3,7 +3,7 @@ errors that name the file, the key and what is wrong."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -53,6 +53,46 @@ class ValidateParams(Section):
     report_rows: Annotated[int, Field(ge=1)] = Field(20, description="Failing row ids listed per expectation.")
 
 
+class JudgesParams(Section):
+    """The judges stage: two independent judge sets (reward, eval) trained on disjoint halves of
+    the synthesized data with different seeds; or real pretrained models named by id or path."""
+
+    reward_seed: int = Field(101, description="Seed of the reward judge set (trained on even rows).")
+    eval_seed: int = Field(202, description="Seed of the evaluation judge set (trained on odd rows).")
+    max_rows: Annotated[int, Field(ge=2)] | None = Field(
+        None, description="Rows read per dataset for training (None = all).")
+    crop_size: Annotated[int, Field(ge=8, le=256)] = Field(32, description="Side of the subject crops the encoder reads.")
+    width: Annotated[int, Field(ge=4, le=512)] = Field(32, description="Base channel width of the judge networks.")
+    embed_dim: Annotated[int, Field(ge=4, le=1024)] = Field(64, description="Subject embedding size.")
+    batch_size: Annotated[int, Field(ge=2)] = Field(64, description="Training batch size of every judge.")
+    lr: Annotated[float, Field(gt=0)] = Field(3e-3, description="Peak learning rate (one-cycle schedule).")
+    encoder_steps: Annotated[int, Field(ge=0)] = Field(600, description="Training steps of the subject encoder.")
+    grounder_steps: Annotated[int, Field(ge=0)] = Field(800, description="Training steps of the grounding model.")
+    semantic_steps: Annotated[int, Field(ge=0)] = Field(600, description="Training steps of the semantic judge.")
+    aesthetic_steps: Annotated[int, Field(ge=0)] = Field(400, description="Training steps of the aesthetic judge.")
+    temperature: Annotated[float, Field(gt=0)] = Field(0.1, description="InfoNCE temperature of the encoder.")
+    grounding_threshold: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.5, description="Objectness below which the grounder answers 'not found'.")
+    encoder_model: str | None = Field(
+        None, description="Use a pretrained transformers vision model (DINO / CLIP) by id or path instead of training one.")
+    grounder_model: str | None = Field(
+        None, description="Use a pretrained zero-shot detector (transformers) by id or path instead of training one.")
+
+
+class EvaluateParams(Section):
+    """The evaluate stage: the PSRBench-style benchmark on the `bench` dataset."""
+
+    generators: list[str] = Field(
+        default_factory=lambda: ["oracle", "copy_paste", "background_only", "noise"],
+        description="Generators to score, by registry name (benchmark.generators.available()).")
+    judge_set: Literal["eval", "reward"] = Field(
+        "eval", description="Which judge set scores: 'eval' (independent of the rewards) or 'reward' (diagnostics).")
+    seed: int = Field(0, description="Base seed of every generator call (row i uses seed + i).")
+    per_subset: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Rows per subset to score (None = the whole benchmark).")
+    grid_rows: Annotated[int, Field(ge=1, le=64)] = Field(8, description="Rows of each generator's sample grid.")
+
+
 class ResourcesParams(Section):
     """Machine resources; no stage output depends on them, so DVC does not track them."""
 
@@ -75,6 +115,8 @@ class PipelineParams(Section):
 class Params(Section):
     synthesize: SynthesizeParams = SynthesizeParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    judges: JudgesParams = JudgesParams()
+    evaluate: EvaluateParams = EvaluateParams()
     resources: ResourcesParams = ResourcesParams()
     pipeline: PipelineParams = PipelineParams()
 

@@ -8,6 +8,7 @@ outputs and whether it ran, was restored from DVC's run cache, was skipped or fa
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import warnings
 from pathlib import Path
@@ -74,14 +75,16 @@ def stage_params(params: Params, info: StageInfo) -> dict:
     return {k: v for k, v in full.items() if any(k == p or k.startswith(p + ".") for p in info.params)}
 
 
+_METRIC_NAME_BAD = re.compile(r"[^0-9A-Za-z_\-. :/]")
+
+
 def numeric_metrics(metrics: dict) -> dict[str, float]:
-    """The numbers of a (nested) metrics dict, flattened; booleans become 0/1."""
+    """The numbers of a (nested) metrics dict, flattened; booleans become 0/1. Characters MLflow
+    refuses in a metric name become '_'."""
     out = {}
     for k, v in flatten(metrics).items():
-        if isinstance(v, bool):
-            out[k] = float(v)
-        elif isinstance(v, (int, float)):
-            out[k] = float(v)
+        if isinstance(v, (bool, int, float)):
+            out[_METRIC_NAME_BAD.sub("_", k)] = float(v)
     return out
 
 

@@ -17,7 +17,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import mlflow  # noqa: E402
 from prefect import flow, get_run_logger, runtime, task  # noqa: E402
-from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 
 from components import lineage, tracking  # noqa: E402
 from components.config import load_params  # noqa: E402
@@ -51,6 +51,17 @@ def _gate_report(root: Path, info: lineage.StageInfo) -> str:
         if summary.exists():
             return summary.read_text()
     return ""
+
+
+def _publish_tables(root: Path, info: lineage.StageInfo) -> None:
+    """A stage's result table (reports/<stage>/table.csv) becomes a Prefect table artifact."""
+    import pandas as pd
+
+    for rel in info.outs:
+        table = root / rel / "table.csv"
+        if table.exists():
+            records = pd.read_csv(table).round(4).to_dict(orient="records")
+            create_table_artifact(records, key=f"{info.name}-table", description=f"{info.name} results")
 
 
 @task(retry_condition_fn=_retry_unless_data_invalid)
@@ -90,6 +101,7 @@ def run_stage(project: str, name: str, parent_run_id: str, force: bool = False) 
                                      description=f"why {name} stopped the pipeline")
             raise DataGateFailed(f"{name} rejected the data; report in {root / info.outs[0]}\n{report}") from error
         raise StageFailed(f"stage {name} failed: {error}") from error
+    _publish_tables(root, info)
     log.info("stage %s %s in %.1fs", name, state, seconds)
     return {"stage": name, "state": state, "seconds": seconds, "reasons": reasons, "run_id": run_id,
             "metrics": tracking.numeric_metrics(metrics)}

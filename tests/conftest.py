@@ -19,6 +19,9 @@ import prefect  # noqa: E402,F401
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"single": 24, "standardize": 12, "multi": 28, "bench_per_subset": 3, "grid_samples": 4}
+# Judges that train in seconds: the flow tests check the plumbing, not judge quality.
+TINY_JUDGES = {"width": 8, "embed_dim": 16, "batch_size": 16, "encoder_steps": 5, "grounder_steps": 5,
+               "semantic_steps": 5, "aesthetic_steps": 5}
 
 
 def tiny_params(**synth) -> dict:
@@ -27,6 +30,8 @@ def tiny_params(**synth) -> dict:
 
     params = default_params()
     params["synthesize"].update({**TINY, **synth})
+    params["judges"].update(TINY_JUDGES)
+    params["evaluate"].update(per_subset=1, grid_rows=2)
     params["resources"]["workers"] = 1
     params["pipeline"].update(retries=1, retry_delay_seconds=0, push=True)  # retries on: a data failure must still not retry
     return params
@@ -53,3 +58,21 @@ def prefect_harness(tmp_path_factory):
 @pytest.fixture
 def python_bin_on_path(monkeypatch):
     monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+
+
+@pytest.fixture(scope="session")
+def judge_world(tmp_path_factory):
+    """A small synthesized world shared by the judge, reward and benchmark tests: the data
+    folder, the judges' training data (multi + single) and the held-out benchmark."""
+    from components.config import Params
+    from components.judges import data as judge_data
+    from components.synthesize import SynthesizePaths
+    from components.synthesize import run as synthesize
+
+    root = tmp_path_factory.mktemp("judge-world")
+    params = Params.model_validate({"synthesize": {"single": 40, "standardize": 2, "multi": 40, "bench_per_subset": 2},
+                                    "resources": {"workers": 1}})
+    synthesize(params, SynthesizePaths(out=root / "data", reports=root / "reports"))
+    train = judge_data.load([root / "data" / "multi", root / "data" / "single"])
+    bench = judge_data.load([root / "data" / "bench"])
+    return root / "data", train, bench

@@ -2,6 +2,7 @@
 records a parent run with a nested run per stage. Runs against one Prefect test server."""
 from __future__ import annotations
 
+import json
 import subprocess
 
 import mlflow
@@ -12,6 +13,11 @@ from components import lineage
 from tests.conftest import make_project, tiny_params
 
 pytestmark = pytest.mark.integration
+STAGES = ("synthesize", "validate", "judges", "evaluate")
+
+
+def _skipped_but(**states):
+    return {s: states.get(s, "skipped") for s in STAGES}
 
 
 def _flow(root, **kw):
@@ -39,14 +45,14 @@ def project(tmp_path_factory, prefect_harness):
 
 def test_first_run_runs_every_stage_and_records_it(project):
     root, summary = project
-    assert _states(summary) == {"synthesize": "ran", "validate": "ran"}
+    assert _states(summary) == {s: "ran" for s in STAGES}
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     parent = mlflow.get_run(summary["parent_run_id"])
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
     assert parent.data.tags["git.commit"] == head and parent.data.tags["flow.state"] == "completed"
     assert parent.data.metrics["flow.seconds"] >= parent.data.metrics["flow.stage_compute_seconds"] > 0
     kids = _children(summary["parent_run_id"])
-    assert set(kids) == {"synthesize", "validate"}
+    assert set(kids) == set(STAGES)
     client = mlflow.MlflowClient()
     for name, run in kids.items():
         tags = run.data.tags
@@ -67,6 +73,18 @@ def test_first_run_runs_every_stage_and_records_it(project):
     reports = {a.path for a in client.list_artifacts(val.info.run_id, "reports/validate")}
     assert "reports/validate/summary.md" in reports and "reports/validate/multi.json" in reports
     assert {d.dataset.name for d in val.inputs.dataset_inputs} == {"single", "standardize", "multi", "bench"}
+    judges = kids["judges"]
+    for set_name in ("reward", "eval"):  # every held-out judge accuracy is in MLflow
+        for key in ("encoder.retrieval_top1", "grounder.mean_iou", "grounder.miss_rate", "semantic.background_acc",
+                    "semantic.size_acc", "semantic.action_acc", "aesthetic.pairwise_acc"):
+            assert f"{set_name}.{key}" in judges.data.metrics
+    assert judges.data.metrics["independence.shared_training_samples"] == 0
+    ev = kids["evaluate"]
+    for gen in ("oracle", "copy_paste", "background_only", "noise"):
+        for dim in ("SC", "SA", "AES"):
+            assert 0 <= ev.data.metrics[f"{gen}.Overall.{dim}"] <= 1
+    reports = {a.path for a in client.list_artifacts(ev.info.run_id, "reports/evaluate")}
+    assert {"reports/evaluate/table.csv", "reports/evaluate/radar_SC.png", "reports/evaluate/grid_oracle.png"} <= reports
     # outputs were pushed to the local DVC remote
     assert any((root / ".dvc-storage").rglob("*"))
 
@@ -79,15 +97,19 @@ def test_prefect_run_ends_with_a_summary_artifact(project):
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["subjectflow-pipeline"])))
     assert arts and any(summary["parent_run_id"] in (a.data or "") for a in arts)
+    with get_client(sync_client=True) as client:
+        tables = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["evaluate-table"])))
+    assert tables and tables[0].type == "table"
+    assert {"oracle", "noise"} <= {row["generator"] for row in json.loads(tables[0].data)}
 
 
 def test_rerun_with_nothing_changed_skips_every_stage(project):
     root, _ = project
     again = _flow(root)
-    assert _states(again) == {"synthesize": "skipped", "validate": "skipped"}
+    assert _states(again) == _skipped_but()
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     kids = _children(again["parent_run_id"])
-    assert {k: r.data.tags["stage.state"] for k, r in kids.items()} == {"synthesize": "skipped", "validate": "skipped"}
+    assert {k: r.data.tags["stage.state"] for k, r in kids.items()} == _skipped_but()
 
 
 def test_changing_a_validate_param_reruns_only_validate(project):
@@ -97,8 +119,17 @@ def test_changing_a_validate_param_reruns_only_validate(project):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert set(lineage.status(root)) == {"validate"}
     summary = _flow(root)
-    assert _states(summary) == {"synthesize": "skipped", "validate": "ran"}
+    assert _states(summary) == _skipped_but(validate="ran")
     assert lineage.status(root) == {}
+
+
+def test_changing_a_judges_param_retrains_the_judges_and_rescores(project):
+    root, _ = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["judges"]["aesthetic_steps"] += 1
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert set(lineage.status(root)) == {"judges"}  # evaluate goes stale once the judges change
+    assert _states(_flow(root)) == _skipped_but(judges="ran", evaluate="ran")
 
 
 def test_outputs_edited_by_hand_are_restored_by_dvc(project):
@@ -108,7 +139,7 @@ def test_outputs_edited_by_hand_are_restored_by_dvc(project):
     victim.unlink()  # a new file, not an edit: the old one may be a hard link into the DVC cache
     victim.write_bytes(good[: len(good) // 2])
     summary = _flow(root)
-    assert _states(summary) == {"synthesize": "restored", "validate": "skipped"}
+    assert _states(summary) == _skipped_but(synthesize="restored")
     assert victim.read_bytes() == good
 
 
@@ -139,3 +170,4 @@ def test_bad_data_stops_the_pipeline_with_a_report(project):
     parents = mlflow.search_runs(search_all_experiments=True, output_format="list",
                                  filter_string="tags.`flow.state` = 'failed'")
     assert len(parents) == 1 and parents[0].info.status == "FAILED"
+    assert set(_children(parents[0].info.run_id)) == {"synthesize", "validate"}  # nothing past the gate ran

@@ -1,0 +1,1 @@
+"""The PSRBench-style benchmark: generators, scoring, reports and the evaluate stage."""

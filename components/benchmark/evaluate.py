@@ -1,0 +1,135 @@
+"""evaluate stage: the PSRBench-style benchmark.
+
+Every generator draws every benchmark row (7 subsets, held-out identities); the evaluation judge
+set scores each image on Subject Consistency (PSR's grounded pairwise reward), Semantic Alignment
+(the fraction of the prompt's claims that hold; Position by box geometry) and Aesthetic. Outputs:
+metrics per generator, subset and overall; a CSV table; per-sample scores; a radar chart per
+dimension and per-subset bars; a sample grid per generator (references | output).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from .. import world
+from ..config import Params
+from ..datasets import read_manifest
+from ..grids import grid
+from ..judges.base import JudgeSet
+from ..judges.sets import load_judge_set
+from ..rewards import make_reward
+from ..stage import path_field, stage_main
+from . import report
+from .generators import Generator, make_generator
+
+
+@dataclass
+class EvaluatePaths:
+    bench: Path = path_field("the benchmark dataset folder (data/bench)")
+    judges: Path = path_field("folder holding the judge sets (models/judges)")
+    reports: Path = path_field("folder for the table, charts and sample grids")
+
+
+@dataclass
+class BenchRow:
+    id: str
+    subset: str
+    prompt: str
+    refs: list[np.ndarray]
+    meta: dict
+
+
+def _load_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def load_bench(bench_dir: Path, per_subset: int | None = None) -> tuple[list[BenchRow], int]:
+    """Benchmark rows (references loaded) in subset order, and the image side."""
+    m = read_manifest(bench_dir)
+    if per_subset is not None:
+        m = m.groupby("subset", sort=False).head(per_subset)
+    rows = []
+    for r in m.itertuples(index=False):
+        refs = [_load_rgb(bench_dir / p) for p in r.refs]
+        meta = {"refs": refs, "categories": list(r.categories), "claims": json.loads(r.claims), "scene": r.scene,
+                "ref_boxes": [tuple(int(v) for v in b) for b in r.ref_boxes]}
+        rows.append(BenchRow(r.id, r.subset, r.prompt, refs, meta))
+    side = int(m["height"].iloc[0]) if len(m) else 32
+    return rows, side
+
+
+def score(rows: list[BenchRow], images: list[np.ndarray], judges: JudgeSet, crop_size: int) -> pd.DataFrame:
+    """Per-row SC, SA, AES (plus misses, confusion) of the given images, scored in batches."""
+    prompts, metas = [r.prompt for r in rows], [r.meta for r in rows]
+    sc = make_reward("psr", judges, crop_size=crop_size)(images, prompts, metas)
+    sa = make_reward("semantic", judges)(images, prompts, metas)
+    aes = make_reward("aesthetic", judges)(images, prompts, metas)
+    return pd.DataFrame({
+        "id": [r.id for r in rows], "subset": [r.subset for r in rows],
+        "n_subjects": [len(r.refs) for r in rows], "SC": sc.scores, "SA": sa.scores, "AES": aes.scores,
+        "missing": sc.info["missing"], "confusion": sc.info["confusion"],
+        **{f"claims_{k}": v for k, v in sa.info.items()},
+    })
+
+
+def generate_all(gen: Generator, rows: list[BenchRow], side: int, seed: int) -> list[np.ndarray]:
+    return [gen.generate(r.prompt, r.refs, height=side, width=side, seed=seed + i, meta=r.meta)
+            for i, r in enumerate(rows)]
+
+
+def benchmark(params: Params, bench_dir: Path, judges_dir: Path, reports: Path,
+              generators: list[str] | None = None) -> dict:
+    """Score ``generators`` (default: params.evaluate.generators) and write the reports."""
+    cfg = params.evaluate
+    judges = load_judge_set(judges_dir / cfg.judge_set, params.judges)
+    rows, side = load_bench(bench_dir, cfg.per_subset)
+    subsets = [t for t in world.TASKS if any(r.subset == t for r in rows)]
+    reports.mkdir(parents=True, exist_ok=True)
+    frames, timing = [], {}
+    for name in generators or cfg.generators:
+        t0 = time.perf_counter()
+        images = generate_all(make_generator(name), rows, side, cfg.seed)
+        t1 = time.perf_counter()
+        scores = score(rows, images, judges, params.judges.crop_size)
+        timing[name] = {"generate_seconds": round(t1 - t0, 3), "score_seconds": round(time.perf_counter() - t1, 3)}
+        scores.insert(0, "generator", name)
+        frames.append(scores)
+        picked = list(range(0, len(rows), max(len(rows) // cfg.grid_rows, 1)))[:cfg.grid_rows]
+        grid([(rows[i].refs, images[i], f"{rows[i].subset}: {rows[i].prompt}  [SC {scores.SC[i]:.2f} "
+               f"SA {scores.SA[i]:.2f} AES {scores.AES[i]:.2f}]") for i in picked]).save(reports / f"grid_{name}.png")
+    per_sample = pd.concat(frames, ignore_index=True)
+    table = report.summarise(per_sample, subsets)
+    per_sample.to_csv(reports / "scores.csv", index=False)
+    table.to_csv(reports / "table.csv", index=False, float_format="%.4f")
+    (reports / "table.md").write_text(report.markdown(table))
+    for dim in report.DIMENSIONS:
+        report.radar(table, subsets, reports / f"radar_{dim}.png", dim)
+    report.bars(table, subsets, reports / "subsets.png")
+    metrics: dict = {"judge_set": cfg.judge_set, "samples": len(rows)}
+    for r in table.itertuples():
+        metrics.setdefault(r.generator, {})[str(r.subset)] = {
+            "SC": round(float(r.SC), 4), "SA": round(float(r.SA), 4), "AES": round(float(r.AES), 4),
+            "missing_rate": round(float(r.missing_rate), 4)}
+    for name, t in timing.items():
+        metrics[name]["timing"] = t
+    return metrics
+
+
+def run(params: Params, paths: EvaluatePaths) -> dict:
+    """The benchmark for every generator in params.evaluate.generators."""
+    return benchmark(params, paths.bench, paths.judges, paths.reports)
+
+
+def main(argv=None) -> int:
+    return stage_main("evaluate", run, EvaluatePaths, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,3 @@
+from .stage import main
+
+raise SystemExit(main())

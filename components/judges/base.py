@@ -1,0 +1,111 @@
+"""What a judge is: the interfaces behind every reward and benchmark metric.
+
+Images cross these interfaces as uint8 arrays of shape (H, W, 3) (a batch is a list of them or
+an array (B, H, W, 3)), boxes as (x0, y0, x1, y1) in pixels with exclusive ends, as the
+manifests store them. Small world-trained judges and real pretrained models (DINO, CLIP, a
+zero-shot detector) implement the same protocols, so rewards and the benchmark never know which
+they got.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """Where a grounder found a category: the box, or None when it found nothing, and its
+    confidence."""
+
+    box: Box | None
+    score: float
+
+    @property
+    def found(self) -> bool:
+        return self.box is not None
+
+
+@runtime_checkable
+class SubjectEncoder(Protocol):
+    """The DINO ViT-S/16 analogue: identity embeddings of subject crops."""
+
+    def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """(B, D) float32, each row L2-normalised, for crops made by ``crop_subject``."""
+
+    def patch_features(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """(B, P, D) float32 per-patch features (P patches in raster order), L2-normalised."""
+
+
+@runtime_checkable
+class Grounder(Protocol):
+    """The Grounding DINO analogue: (image, category) -> box of that subject, or not found."""
+
+    def ground(self, images: Sequence[np.ndarray], categories: Sequence[str]) -> list[Grounding]:
+        """One Grounding per (image, category) pair: the top box for that category."""
+
+
+@runtime_checkable
+class SemanticJudge(Protocol):
+    """The VLM analogue: reads the facts a prompt can claim, so claims are checked one by one."""
+
+    def background(self, images: Sequence[np.ndarray]) -> list[str]:
+        """The background name of each image."""
+
+    def describe(self, images: Sequence[np.ndarray], boxes: Sequence[Box], categories: Sequence[str]) -> list[dict]:
+        """For each (image, box, category): {"size": small|medium|large, "action": word}."""
+
+
+@runtime_checkable
+class AestheticJudge(Protocol):
+    """The HPS analogue: higher for clean renders than for damaged ones."""
+
+    def score(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """(B,) float32 scores, calibrated so that clean renders score about +1 and damaged
+        ones about -1 (the aesthetic reward maps them to (0, 1))."""
+
+
+@dataclass
+class JudgeSet:
+    """The four judges that score together: one set for rewards, an independent one for
+    evaluation."""
+
+    encoder: SubjectEncoder
+    grounder: Grounder
+    semantic: SemanticJudge
+    aesthetic: AestheticJudge
+
+
+def crop_subject(image: np.ndarray, box: Box, size: int = 32, pad: float = 0.1) -> np.ndarray:
+    """The square crop around ``box`` (padded by ``pad`` of its longer side, edges replicated),
+    resized to (size, size, 3) uint8. Square, so the subject's shape is not distorted."""
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = box
+    side = max(x1 - x0, y1 - y0) * (1 + 2 * pad)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
+    n = max(int(round(side)), 1)
+    ys = np.clip(np.arange(top, top + n), 0, h - 1)
+    xs = np.clip(np.arange(left, left + n), 0, w - 1)
+    patch = image[ys][:, xs]
+    return np.asarray(Image.fromarray(patch).resize((size, size), Image.BILINEAR))
+
+
+def as_batch(images: Sequence[np.ndarray]) -> np.ndarray:
+    """A list of equally sized uint8 images as one (B, H, W, 3) array."""
+    return images if isinstance(images, np.ndarray) and images.ndim == 4 else np.stack(list(images))
+
+
+def iou(a: Box | None, b: Box | None) -> float:
+    """Intersection over union of two boxes (0 when either is missing)."""
+    if a is None or b is None:
+        return 0.0
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
