@@ -174,7 +174,7 @@ def _context(html_dir: Path):
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)  # no tqdm bar per suite
     ctx.add_data_docs_site(HTML_SITE, {
         "class_name": "SiteBuilder",
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(html_dir)},
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(Path(html_dir).resolve())},
         "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
     })
     return ctx

@@ -1,0 +1,1 @@
+"""The generator: Kontext-style in-context personalization (see generator.py)."""

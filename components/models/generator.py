@@ -1,0 +1,246 @@
+"""The generator: FLUX.1 Kontext-style in-context personalization.
+
+One ``FluxTransformer2DModel`` reads a single token sequence: the noisy target's patch tokens
+followed by each reference image's clean patch tokens. Position ids are frame-wise, as PSR
+packs references: the target's tokens carry (0, h, w) and reference i's carry (i, h, w), so RoPE
+tells the frames apart while every frame shares one spatial grid. Only the target's tokens are
+read out, as a velocity.
+
+Training is rectified flow matching (FLUX's): ``x_t = (1 - t) x0 + t eps``, the model predicts
+``v = eps - x0``. Condition dropout (text, references, both) trains the unconditional branches
+classifier-free guidance needs. Sampling integrates the ODE from t = 1 to 0 (Euler), or runs
+Flow-GRPO's SDE, whose every step is Gaussian and returns its log-probability.
+
+Images are uint8 (H, W, 3) at the API, (B, 3, H, W) in [-1, 1] inside, and patch tokens of
+``3 * patch**2`` channels in the transformer (no VAE: the default world is 32 px).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import FluxTransformer2DModel
+from torch import nn
+from transformers import AutoTokenizer, CLIPTextModel
+
+from .text import build_tokenizer, tiny_text_encoder, tokenize
+
+CONFIG_NAME = "generator_config.json"
+
+
+@dataclass
+class GeneratorConfig:
+    resolution: int = 32
+    patch: int = 4
+    max_refs: int = 4
+
+    @property
+    def grid(self) -> int:
+        return self.resolution // self.patch
+
+    @property
+    def channels(self) -> int:
+        return 3 * self.patch ** 2
+
+
+def frame_ids(frames: int, grid: int) -> torch.Tensor:
+    """(frames * grid * grid, 3) position ids: frame f's tokens are (f, h, w) in raster order."""
+    f, h, w = torch.meshgrid(torch.arange(frames), torch.arange(grid), torch.arange(grid), indexing="ij")
+    return torch.stack([f, h, w], -1).reshape(-1, 3).float()
+
+
+def to_model(images) -> torch.Tensor:
+    """uint8 (B, H, W, 3) (array, list or tensor) -> float (B, 3, H, W) in [-1, 1]."""
+    x = torch.as_tensor(np.ascontiguousarray(np.stack(list(images)) if not hasattr(images, "shape") else images))
+    return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """float (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3)."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+class SubjectGenerator(nn.Module):
+    """Prompt + reference images -> image. ``save_pretrained`` writes a self-describing folder
+    (transformer/, text_encoder/, tokenizer/, generator_config.json)."""
+
+    def __init__(self, transformer: FluxTransformer2DModel, text_encoder: CLIPTextModel, tokenizer,
+                 config: GeneratorConfig):
+        super().__init__()
+        self.transformer, self.text_encoder, self.tokenizer, self.config = transformer, text_encoder, tokenizer, config
+        expected = config.channels
+        if transformer.config.in_channels != expected:
+            raise ValueError(f"transformer in_channels {transformer.config.in_channels} != 3 * patch**2 = {expected}")
+
+    # --- construction and persistence ---------------------------------------------------------
+
+    @classmethod
+    def tiny(cls, config: GeneratorConfig | None = None, width: int = 128, double_blocks: int = 2,
+             single_blocks: int = 4, heads: int = 4, text_hidden: int = 64, text_layers: int = 2,
+             seed: int = 0) -> "SubjectGenerator":
+        """A freshly initialised generator sized for the world (about 2.3M transformer
+        parameters at the defaults)."""
+        config = config or GeneratorConfig()
+        head_dim = width // heads
+        rope = (head_dim - 2 * (head_dim * 3 // 8), head_dim * 3 // 8, head_dim * 3 // 8)
+        tokenizer = build_tokenizer()
+        text = tiny_text_encoder(tokenizer, hidden=text_hidden, layers=text_layers, seed=seed)
+        torch.manual_seed(seed)
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=config.channels, out_channels=config.channels, num_layers=double_blocks,
+            num_single_layers=single_blocks, attention_head_dim=head_dim, num_attention_heads=heads,
+            joint_attention_dim=text_hidden, pooled_projection_dim=text_hidden, guidance_embeds=False,
+            axes_dims_rope=rope)
+        return cls(transformer, text, tokenizer, config)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.transformer.save_pretrained(d / "transformer")
+        self.text_encoder.save_pretrained(d / "text_encoder")
+        self.tokenizer.save_pretrained(d / "tokenizer")
+        (d / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))
+        return d
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "SubjectGenerator":
+        d = Path(directory)
+        config = GeneratorConfig(**json.loads((d / CONFIG_NAME).read_text()))
+        return cls(FluxTransformer2DModel.from_pretrained(d / "transformer"),
+                   CLIPTextModel.from_pretrained(d / "text_encoder"), AutoTokenizer.from_pretrained(d / "tokenizer"),
+                   config)
+
+    # --- tokens -----------------------------------------------------------------------------
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, grid*grid, 3*p*p) patch tokens in raster order."""
+        p, g = self.config.patch, self.config.grid
+        b = x.shape[0]
+        return x.reshape(b, 3, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, 3 * p * p)
+
+    def unpack(self, tokens: torch.Tensor) -> torch.Tensor:
+        p, g = self.config.patch, self.config.grid
+        b = tokens.shape[0]
+        return tokens.reshape(b, g, g, 3, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, 3, g * p, g * p)
+
+    def encode_text(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token hidden states (B, L, D) and the pooled [EOS] state (B, D)."""
+        enc = tokenize(self.tokenizer, list(prompts)).to(self.device)
+        out = self.text_encoder(input_ids=enc.input_ids, attention_mask=enc.attention_mask)
+        return out.last_hidden_state, out.pooler_output
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, text: tuple[torch.Tensor, torch.Tensor],
+                 refs: torch.Tensor) -> torch.Tensor:
+        """The predicted velocity of the target. ``x_t``: (B, N, C) noisy target tokens; ``t``:
+        (B,) in [0, 1]; ``refs``: (B, k, N, C) clean reference tokens (k may be 0)."""
+        b, n, c = x_t.shape
+        k = refs.shape[1]
+        seq = torch.cat([x_t, refs.reshape(b, k * n, c)], 1) if k else x_t
+        hidden, pooled = text
+        img_ids = frame_ids(1 + k, self.config.grid).to(x_t.device)
+        txt_ids = torch.zeros(hidden.shape[1], 3, device=x_t.device)
+        out = self.transformer(hidden_states=seq, encoder_hidden_states=hidden, pooled_projections=pooled,
+                               timestep=t.to(x_t.dtype), img_ids=img_ids, txt_ids=txt_ids, return_dict=False)[0]
+        return out[:, :n]
+
+    def ref_tokens(self, refs: Sequence[Sequence[np.ndarray]] | torch.Tensor) -> torch.Tensor:
+        """(B, k, N, C) tokens of every sample's k references (uint8 images, same k per sample)."""
+        if isinstance(refs, torch.Tensor):
+            return refs
+        k = len(refs[0])
+        if any(len(r) != k for r in refs):
+            raise ValueError("every sample of a batch needs the same number of references")
+        if k == 0:
+            return torch.zeros(len(refs), 0, self.config.grid ** 2, self.config.channels, device=self.device)
+        flat = to_model([im for r in refs for im in r]).to(self.device)
+        return self.pack(flat).reshape(len(refs), k, -1, self.config.channels)
+
+    # --- training ---------------------------------------------------------------------------
+
+    def loss(self, targets, prompts: Sequence[str], refs, generator: torch.Generator | None = None,
+             drop_text: float = 0.0, drop_refs: float = 0.0, drop_both: float = 0.0) -> torch.Tensor:
+        """Flow-matching loss of one batch: uint8 targets (B, H, W, 3), prompts, references
+        (B lists of k uint8 images). Condition dropout: each sample independently loses its
+        prompt (-> ""), its references (-> blank), or both, with the given probabilities."""
+        x0 = self.pack(to_model(targets).to(self.device))
+        b = x0.shape[0]
+        ref = self.ref_tokens(refs)
+        u = torch.rand(b, generator=generator, device="cpu").to(self.device)
+        drop_t = u < drop_text + drop_both
+        drop_r = (u >= drop_text) & (u < drop_text + drop_refs + drop_both)
+        prompts = ["" if d else p for p, d in zip(prompts, drop_t.tolist())]
+        ref = torch.where(drop_r[:, None, None, None], torch.full_like(ref, -1.0), ref)  # blank = black frames
+        # Logit-normal t (SD3 / FLUX): more weight on the middle of the path.
+        t = torch.sigmoid(torch.randn(b, generator=generator).to(self.device))
+        eps = torch.randn(x0.shape, generator=generator).to(self.device)
+        x_t = (1 - t)[:, None, None] * x0 + t[:, None, None] * eps
+        v = self.velocity(x_t, t, self.encode_text(prompts), ref)
+        return F.mse_loss(v, eps - x0)
+
+    # --- sampling ---------------------------------------------------------------------------
+
+    def _guided(self, x, t, cond, uncond, ref, blank, guidance: float) -> torch.Tensor:
+        v = self.velocity(x, t, cond, ref)
+        if guidance == 1.0:
+            return v
+        v_uncond = self.velocity(x, t, uncond, blank)
+        return v_uncond + guidance * (v - v_uncond)
+
+    @torch.no_grad()
+    def sample(self, prompts: Sequence[str], refs, steps: int = 20, guidance: float = 1.0, seed: int = 0,
+               sde: bool = False, eta: float = 0.7) -> dict:
+        """Images for ``prompts`` and references. ODE (Euler, t = 1 -> 0) by default; with
+        ``sde`` Flow-GRPO's SDE, also returning every step's latents and log-probabilities
+        (``log_probs`` (B, steps), ``latents`` (B, steps + 1, N, C)) for the RL stage."""
+        g = torch.Generator().manual_seed(seed)
+        b, n, c = len(prompts), self.config.grid ** 2, self.config.channels
+        ref = self.ref_tokens(refs)
+        blank = torch.full_like(ref, -1.0)
+        cond, uncond = self.encode_text(prompts), self.encode_text([""] * b)
+        ts = torch.linspace(1.0, 0.0, steps + 1)
+        x = torch.randn(b, n, c, generator=g).to(self.device)
+        latents, log_probs = [x], []
+        for i in range(steps):
+            t, t_next = ts[i], ts[i + 1]
+            v = self._guided(x, t.expand(b).to(self.device), cond, uncond, ref, blank, guidance)
+            if sde:
+                mean, std = sde_step_moments(x, v, float(t), float(t_next), float(ts[1]), eta)
+                x_next = mean + std * torch.randn(x.shape, generator=g).to(self.device)
+                log_probs.append(gaussian_log_prob(x_next, mean, std))
+            else:
+                x_next = x + (t_next - t) * v
+            x = x_next
+            latents.append(x)
+        out = {"images": to_uint8(self.unpack(x))}
+        if sde:
+            out.update(log_probs=torch.stack(log_probs, 1), latents=torch.stack(latents, 1))
+        return out
+
+
+def sde_step_moments(x: torch.Tensor, v: torch.Tensor, t: float, t_next: float, t_max: float,
+                     eta: float) -> tuple[torch.Tensor, float]:
+    """Mean and std of one Flow-GRPO SDE step from t to t_next < t (Liu et al., 2025, eq. 9):
+    sigma_t = eta * sqrt(t / (1 - t)) (at t = 1 the next level, ``t_max``, stands in for t in
+    the denominator), mean = x + dt [v + sigma_t^2 / (2t) (x + (1 - t) v)] with dt = t_next - t,
+    std = sigma_t * sqrt(-dt). The marginals match the ODE's."""
+    dt = t_next - t
+    sigma = eta * math.sqrt(t / (1 - (t_max if t >= 1 else t)))
+    mean = x * (1 + sigma ** 2 / (2 * t) * dt) + v * (1 + sigma ** 2 * (1 - t) / (2 * t)) * dt
+    return mean, sigma * math.sqrt(-dt)
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: float) -> torch.Tensor:
+    """Per-sample mean log-density of x under N(mean, std^2), averaged over all but the batch dim
+    (Flow-GRPO's convention)."""
+    lp = -((x - mean) ** 2) / (2 * std ** 2) - math.log(std) - 0.5 * math.log(2 * math.pi)
+    return lp.mean(dim=tuple(range(1, x.ndim)))

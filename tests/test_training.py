@@ -1,0 +1,106 @@
+"""The shared training loop: checkpoints, a run killed after a checkpoint and resumed ends with
+the weights of an uninterrupted run, and two CPU processes under ``accelerate launch`` keep
+identical weights. The runs are real processes (tests/scripts/train_toy.py)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from components.training import LoopConfig, latest_checkpoint, schedule, step_randomness
+
+SCRIPT = Path(__file__).parent / "scripts" / "train_toy.py"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def _run(out: Path, *args: str) -> dict:
+    subprocess.run([sys.executable, str(SCRIPT), str(out), *args], check=True, env=_env(), cwd=REPO,
+                   capture_output=True)
+    return json.loads((out / "result-rank0.json").read_text())
+
+
+def _weights(out: Path, rank: int = 0) -> dict:
+    return torch.load(out / f"weights-rank{rank}.pt")
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_schedule_warms_up_then_decays():
+    f = schedule(LoopConfig(steps=10, batch_size=1, lr=1.0, warmup_steps=2))
+    assert [round(f(s), 3) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
+    assert f(10) == pytest.approx(0.1) and f(6) < f(3)
+
+
+def test_step_randomness_is_a_function_of_its_coordinates():
+    a, ga = step_randomness(1, 0, 5, 0)
+    b, gb = step_randomness(1, 0, 5, 0)
+    c, _ = step_randomness(1, 1, 5, 0)
+    assert a.integers(1 << 30) == b.integers(1 << 30) != c.integers(1 << 30)
+    assert torch.equal(torch.randn(3, generator=ga), torch.randn(3, generator=gb))
+
+
+def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path):
+    whole = _run(tmp_path / "whole", "--steps", "8", "--checkpoint-every", "2")
+    assert whole["step"] == 8 and whole["resumed_from"] is None
+    assert [h["step"] for h in whole["history"]] == list(range(1, 9))
+    # The same run, killed (SIGKILL) once its step-4 checkpoint is on disk, then started again.
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(out), "--steps", "8", "--checkpoint-every", "2",
+                             "--sleep", "0.4"], env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "step-0000004").is_dir():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its step-4 checkpoint"
+        time.sleep(0.05)
+    time.sleep(0.5)  # the checkpoint's files are written; step 5 is under way
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "weights-rank0.pt").exists()
+    resumed = _run(out, "--steps", "8", "--checkpoint-every", "2")
+    assert resumed["resumed_from"] in (4, 6)
+    assert _same(_weights(out)["raw"], _weights(tmp_path / "whole")["raw"])
+    assert _same(_weights(out)["ema"], _weights(tmp_path / "whole")["ema"])
+    # older checkpoints are pruned (keep 2)
+    assert latest_checkpoint(out).name == "step-0000008"
+    assert len(list((out / "checkpoints").iterdir())) == 2
+
+
+def test_gradient_accumulation_runs_and_logs(tmp_path):
+    res = _run(tmp_path / "acc", "--steps", "3", "--grad-accum", "2", "--checkpoint-every", "0")
+    assert res["step"] == 3 and all(np.isfinite(h["loss"]) for h in res["history"])
+    assert all(h["samples_per_second"] > 0 and h["lr"] > 0 for h in res["history"])
+
+
+@pytest.mark.integration
+def test_two_processes_keep_identical_weights(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU: two ranks, gloo DDP; each rank
+    draws its own batches, gradients are averaged, weights stay equal."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           "0", str(SCRIPT), str(out), "--steps", "4", "--checkpoint-every", "2"]
+    done = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0 = json.loads((out / "result-rank0.json").read_text())
+    r1 = json.loads((out / "result-rank1.json").read_text())
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert _same(_weights(out, 0)["raw"], _weights(out, 1)["raw"])
+    assert _same(_weights(out, 0)["ema"], _weights(out, 1)["ema"])
+    # ...and they moved: not two copies of the initial weights
+    torch.manual_seed(0)
+    init = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)).state_dict()
+    assert not _same({f"{k}": v for k, v in init.items()}, _weights(out, 0)["raw"])
