@@ -80,8 +80,9 @@ def cmd_benchmark(args) -> int:
 
     root = _project(args)
     params = load_params(root / "params.yaml")
-    if args.generator not in available():
-        sys.exit(f"unknown generator {args.generator!r}; known: {', '.join(available())}")
+    if args.generator not in available() and not (root / "models" / args.generator / "generator_config.json").is_file():
+        sys.exit(f"unknown generator {args.generator!r}; known: {', '.join(available())}, or a trained "
+                 f"generator under {root / 'models'}")
     if args.per_subset:
         params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"per_subset": args.per_subset})})
     judges = root / "models" / "judges" / params.evaluate.judge_set
@@ -93,7 +94,8 @@ def cmd_benchmark(args) -> int:
             **tracking.git_tags(root)}
     with mlflow.start_run(run_name=f"benchmark-{args.generator}", tags=tags) as run:
         mlflow.log_params(tracking.flatten({"evaluate": params.evaluate.model_dump()}))
-        metrics = benchmark(params, root / "data" / "bench", root / "models" / "judges", reports, [args.generator])
+        metrics = benchmark(params, root / "data" / "bench", root / "models" / "judges", reports, [args.generator],
+                            models=root / "models")
         mlflow.log_metrics(tracking.numeric_metrics(metrics))
         mlflow.log_artifacts(str(reports), artifact_path="benchmark")
     print((reports / "table.md").read_text())
@@ -153,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-push", action="store_true", help="do not `dvc push` at the end")
     add("status", cmd_status, "which stages are stale and why")
     p = add("benchmark", cmd_benchmark, "score one generator on the benchmark (PSRBench-style)")
-    p.add_argument("--generator", required=True, help="generator name, e.g. oracle, copy_paste, background_only, noise")
+    p.add_argument("--generator", required=True,
+                   help="oracle, copy_paste, background_only, noise, or a trained generator under models/ (pretrain)")
     p.add_argument("--per-subset", type=int, default=None, help="rows per subset (default: params.evaluate.per_subset)")
     p = add("ui", cmd_ui, "start the MLflow UI and a Prefect server on 127.0.0.1")
     p.add_argument("--mlflow-port", type=int, default=5000)

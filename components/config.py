@@ -84,13 +84,59 @@ class EvaluateParams(Section):
 
     generators: list[str] = Field(
         default_factory=lambda: ["oracle", "copy_paste", "background_only", "noise"],
-        description="Generators to score, by registry name (benchmark.generators.available()).")
+        description="Generators to score: reference generators by name (benchmark.generators.available()) "
+                    "and trained ones by their folder under models/ (pretrain, sft, ...).")
     judge_set: Literal["eval", "reward"] = Field(
         "eval", description="Which judge set scores: 'eval' (independent of the rewards) or 'reward' (diagnostics).")
     seed: int = Field(0, description="Base seed of every generator call (row i uses seed + i).")
     per_subset: Annotated[int, Field(ge=1)] | None = Field(
         None, description="Rows per subset to score (None = the whole benchmark).")
     grid_rows: Annotated[int, Field(ge=1, le=64)] = Field(8, description="Rows of each generator's sample grid.")
+    sample_steps: Annotated[int, Field(ge=1)] = Field(20, description="ODE steps of trained generators.")
+    guidance: Annotated[float, Field(ge=1)] = Field(1.0, description="CFG scale of trained generators (1 = off).")
+
+
+class GeneratorParams(Section):
+    """The generator's architecture (FLUX.1 Kontext's transformer at a tiny size by default)."""
+
+    patch: Annotated[int, Field(ge=1, le=16)] = Field(4, description="Pixels per patch side (tokens = (res/patch)^2).")
+    width: Annotated[int, Field(ge=8)] = Field(128, description="Transformer width (heads x head dim).")
+    heads: Annotated[int, Field(ge=1)] = Field(4, description="Attention heads.")
+    double_blocks: Annotated[int, Field(ge=0)] = Field(2, description="FLUX double-stream (MMDiT) blocks.")
+    single_blocks: Annotated[int, Field(ge=0)] = Field(4, description="FLUX single-stream blocks.")
+    text_hidden: Annotated[int, Field(ge=8)] = Field(64, description="Width of the tiny CLIP text encoder.")
+    text_layers: Annotated[int, Field(ge=1)] = Field(2, description="Layers of the tiny CLIP text encoder.")
+
+
+class TrainParams(Section):
+    """One training stage run by the shared loop (components/training.py)."""
+
+    seed: int = Field(0, description="Seed of the initial weights and of every step's randomness.")
+    steps: Annotated[int, Field(ge=1)] = Field(600, description="Optimizer steps.")
+    batch_size: Annotated[int, Field(ge=1)] = Field(32, description="Samples per process and micro-step.")
+    grad_accum: Annotated[int, Field(ge=1)] = Field(1, description="Micro-steps per optimizer step.")
+    lr: Annotated[float, Field(gt=0)] = Field(1e-3, description="Peak learning rate (AdamW).")
+    warmup_steps: Annotated[int, Field(ge=0)] = Field(30, description="Linear warm-up, then cosine decay to 10%.")
+    weight_decay: Annotated[float, Field(ge=0)] = Field(0.0, description="AdamW weight decay.")
+    max_grad_norm: Annotated[float, Field(gt=0)] | None = Field(1.0, description="Gradient clipping (None = off).")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="accelerate mixed precision.")
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = Field(None, description="EMA of the weights (None = off).")
+    checkpoint_every: Annotated[int, Field(ge=0)] = Field(200, description="Resumable checkpoint every N steps (0 = end only).")
+    log_every: Annotated[int, Field(ge=1)] = Field(10, description="Steps between loss / LR / throughput logs.")
+    sample_every: Annotated[int, Field(ge=0)] = Field(200, description="Steps between sample grids (0 = end only).")
+    drop_text: Annotated[float, Field(ge=0, le=1)] = Field(0.1, description="P(prompt dropped) for CFG.")
+    drop_refs: Annotated[float, Field(ge=0, le=1)] = Field(0.05, description="P(references dropped) for CFG.")
+    drop_both: Annotated[float, Field(ge=0, le=1)] = Field(0.05, description="P(both dropped) for CFG.")
+    sample_steps: Annotated[int, Field(ge=1)] = Field(20, description="ODE steps of the sample grids.")
+    guidance: Annotated[float, Field(ge=1)] = Field(1.0, description="CFG scale of the sample grids (1 = off).")
+    grid_rows: Annotated[int, Field(ge=1, le=64)] = Field(8, description="Rows of each sample grid.")
+
+    @field_validator("drop_both")
+    @classmethod
+    def _dropout_sums_to_at_most_one(cls, v, info):
+        if v + info.data.get("drop_text", 0) + info.data.get("drop_refs", 0) > 1:
+            raise ValueError("drop_text + drop_refs + drop_both must not exceed 1")
+        return v
 
 
 class ResourcesParams(Section):
@@ -116,6 +162,8 @@ class Params(Section):
     synthesize: SynthesizeParams = SynthesizeParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     judges: JudgesParams = JudgesParams()
+    generator: GeneratorParams = GeneratorParams()
+    pretrain: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     resources: ResourcesParams = ResourcesParams()
     pipeline: PipelineParams = PipelineParams()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 import warnings
 from pathlib import Path
 
@@ -108,13 +109,26 @@ def _log_datasets(root: Path, info: StageInfo) -> int:
     return n
 
 
+def open_stage_run(parent_run_id: str, name: str) -> str:
+    """Create the run of stage ``name``, nested under ``parent_run_id``, before the stage
+    starts, so that a training stage can log its step metrics into it (``StepLogger``)."""
+    parent = mlflow.get_run(parent_run_id)
+    run = mlflow.MlflowClient().create_run(parent.info.experiment_id, run_name=name,
+                                           tags={"mlflow.parentRunId": parent_run_id, "stage": name})
+    return run.info.run_id
+
+
 def log_stage(root: Path, params: Params, info: StageInfo, parent_run_id: str, state: str,
-              metrics: dict | None, seconds: float | None, extra_tags: dict[str, str] | None = None) -> str:
-    """Record one stage in a run nested under ``parent_run_id``; returns the nested run id."""
+              metrics: dict | None, seconds: float | None, extra_tags: dict[str, str] | None = None,
+              run_id: str | None = None) -> str:
+    """Record one stage in a run nested under ``parent_run_id`` (the one ``open_stage_run``
+    made, when ``run_id`` is given); returns the nested run id."""
     tags = {"stage": info.name, "stage.state": state, **git_tags(root), **(extra_tags or {})}
     for path, md5 in locked_outs(root, info.name).items():
         tags[f"dvc.out.{path}"] = md5
-    with mlflow.start_run(run_name=info.name, nested=True, parent_run_id=parent_run_id, tags=tags) as run:
+    opened = (mlflow.start_run(run_id=run_id, nested=True, tags=tags) if run_id else
+              mlflow.start_run(run_name=info.name, nested=True, parent_run_id=parent_run_id, tags=tags))
+    with opened as run:
         p = stage_params(params, info)
         if p:
             mlflow.log_params(p)
@@ -137,3 +151,33 @@ def run_url(run) -> str:
     if uri.startswith("http"):
         return f"{uri.rstrip('/')}/{path}"
     return f"{uri} (run {run.info.run_id}; open it with `subjectflow ui`, then http://127.0.0.1:5000/{path})"
+
+
+STAGE_RUN_ENV = "SUBJECTFLOW_MLFLOW_RUN_ID"
+
+
+class StepLogger:
+    """How a stage process logs step metrics and images into its flow's MLflow run: the flow
+    puts the run id in ``$SUBJECTFLOW_MLFLOW_RUN_ID`` (and the store in ``$MLFLOW_TRACKING_URI``).
+    Run alone (``python -m components.<stage>``) there is no run, and it logs nothing."""
+
+    def __init__(self, run_id: str | None = None):
+        self.run_id = run_id or os.environ.get(STAGE_RUN_ENV)
+        self.client = mlflow.MlflowClient() if self.run_id else None
+
+    @property
+    def active(self) -> bool:
+        return self.client is not None
+
+    def metrics(self, values: dict[str, float], step: int, prefix: str = "") -> None:
+        if not self.client:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(_METRIC_NAME_BAD.sub("_", prefix + k), float(v), now, step)
+                                                    for k, v in values.items()])
+
+    def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.client:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)

@@ -74,8 +74,9 @@ def run_stage(project: str, name: str, parent_run_id: str, force: bool = False) 
     reasons = lineage.status(root, [name]).get(name, [])
     with tempfile.TemporaryDirectory() as tmp:
         record_path = Path(tmp) / "record.json"
+        stage_run = tracking.open_stage_run(parent_run_id, name)
         env = {RECORD_ENV: str(record_path), "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
-               "MLFLOW_PARENT_RUN_ID": parent_run_id}
+               tracking.STAGE_RUN_ENV: stage_run}
         log.info("stage %s: %s", name, "; ".join(reasons) if reasons else "up to date")
         reproduced, error = False, None
         if reasons or force:  # DVC already said "up to date": asking it again costs seconds
@@ -92,7 +93,7 @@ def run_stage(project: str, name: str, parent_run_id: str, force: bool = False) 
         if m:
             metrics.update(m)
     run_id = tracking.log_stage(root, params, info, parent_run_id, state, metrics, seconds,
-                                {"dvc.stale_reasons": "; ".join(reasons)[:4000] or "none"})
+                                {"dvc.stale_reasons": "; ".join(reasons)[:4000] or "none"}, run_id=stage_run)
     if error is not None:
         code = lineage.stage_failure_code(error)
         report = _gate_report(root, info)

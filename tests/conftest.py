@@ -22,6 +22,9 @@ TINY = {"single": 24, "standardize": 12, "multi": 28, "bench_per_subset": 3, "gr
 # Judges that train in seconds: the flow tests check the plumbing, not judge quality.
 TINY_JUDGES = {"width": 8, "embed_dim": 16, "batch_size": 16, "encoder_steps": 5, "grounder_steps": 5,
                "semantic_steps": 5, "aesthetic_steps": 5}
+# A few steps of the real generator architecture: enough to produce a model folder and logs.
+TINY_TRAIN = {"steps": 4, "batch_size": 4, "warmup_steps": 1, "log_every": 2, "sample_every": 2,
+              "checkpoint_every": 2, "sample_steps": 2, "grid_rows": 2}
 
 
 def tiny_params(**synth) -> dict:
@@ -31,7 +34,8 @@ def tiny_params(**synth) -> dict:
     params = default_params()
     params["synthesize"].update({**TINY, **synth})
     params["judges"].update(TINY_JUDGES)
-    params["evaluate"].update(per_subset=1, grid_rows=2)
+    params["pretrain"].update(TINY_TRAIN)
+    params["evaluate"].update(per_subset=1, grid_rows=2, sample_steps=2)
     params["resources"]["workers"] = 1
     params["pipeline"].update(retries=1, retry_delay_seconds=0, push=True)  # retries on: a data failure must still not retry
     return params

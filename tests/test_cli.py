@@ -21,7 +21,7 @@ def fresh(tmp_path):
 def test_status_says_which_stages_are_stale_and_why(fresh, capsys):
     assert main(["status", "--project", str(fresh)]) == 0
     out = capsys.readouterr().out
-    assert all(f"{s}: stale" in out for s in ("synthesize", "validate", "judges", "evaluate"))
+    assert all(f"{s}: stale" in out for s in ("synthesize", "validate", "judges", "pretrain", "evaluate"))
     assert "changed outs: data/multi deleted" in out
 
 
@@ -40,7 +40,7 @@ def test_not_a_project_folder(tmp_path):
 def test_stage_runs_one_stage_through_the_flow(fresh, prefect_harness):
     # No capsys here: Prefect's console log handler keeps the stream it first saw.
     assert main(["stage", "synthesize", "--project", str(fresh), "--no-push"]) == 0
-    assert set(lineage.status(fresh)) == {"validate", "judges", "evaluate"}  # downstream of the new data
+    assert set(lineage.status(fresh)) == {"validate", "judges", "pretrain", "evaluate"}  # downstream
     assert (fresh / "data" / "multi" / "manifest.parquet").exists()
     assert not (fresh / "reports" / "validate").exists()
     assert not (fresh / ".dvc-storage").exists()

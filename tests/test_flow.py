@@ -13,7 +13,7 @@ from components import lineage
 from tests.conftest import make_project, tiny_params
 
 pytestmark = pytest.mark.integration
-STAGES = ("synthesize", "validate", "judges", "evaluate")
+STAGES = ("synthesize", "validate", "judges", "pretrain", "evaluate")
 
 
 def _skipped_but(**states):
@@ -81,8 +81,16 @@ def test_first_run_runs_every_stage_and_records_it(project):
                     "semantic.size_acc", "semantic.action_acc", "aesthetic.pairwise_acc"):
             assert f"{set_name}.{key}" in judges.data.metrics
     assert judges.data.metrics["independence.shared_training_samples"] == 0
+    pre = kids["pretrain"]  # the stage logged its steps into the run the flow opened for it
+    history = client.get_metric_history(pre.info.run_id, "train/loss")
+    assert [m.step for m in history] == [2, 4]
+    assert {"train/lr", "train/samples_per_second"} <= set(pre.data.metrics) and pre.data.metrics["steps"] == 4
+    samples = {a.path for a in client.list_artifacts(pre.info.run_id, "reports/pretrain/samples")}
+    assert "reports/pretrain/samples/step-0000002.png" in samples
+    assert (root / "models" / "pretrain" / "generator_config.json").is_file()
+    assert not any((root / ".checkpoints").iterdir())  # removed once the stage finished
     ev = kids["evaluate"]
-    for gen in ("oracle", "copy_paste", "background_only", "noise"):
+    for gen in ("oracle", "copy_paste", "background_only", "noise", "pretrain"):
         for dim in ("SC", "SA", "AES"):
             assert 0 <= ev.data.metrics[f"{gen}.Overall.{dim}"] <= 1
     reports = {a.path for a in client.list_artifacts(ev.info.run_id, "reports/evaluate")}

@@ -35,14 +35,15 @@ def project(judge_world, tmp_path_factory):
     params = default_params()
     params["judges"].update(width=8, embed_dim=16, batch_size=16, encoder_steps=6, grounder_steps=6,
                             semantic_steps=6, aesthetic_steps=6)
-    params["evaluate"].update(per_subset=2, grid_rows=4)
+    params["evaluate"].update(per_subset=2, grid_rows=4, generators=GENERATORS)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     code = judges_stage.main(["--params", str(root / "params.yaml"), "--data", str(data), "--out",
                               str(root / "models" / "judges"), "--reports", str(root / "reports" / "judges"),
                               "--metrics", str(root / "metrics" / "judges.json")])
     assert code == 0
     code = evaluate.main(["--params", str(root / "params.yaml"), "--bench", str(data / "bench"), "--judges",
-                          str(root / "models" / "judges"), "--reports", str(root / "reports" / "evaluate"),
+                          str(root / "models" / "judges"), "--models", str(root / "models"),
+                          "--reports", str(root / "reports" / "evaluate"),
                           "--metrics", str(root / "metrics" / "evaluate.json")])
     assert code == 0
     return root, data
@@ -179,7 +180,7 @@ def test_benchmark_ranks_the_reference_generators(tmp_path):
     synthesize(params, SynthesizePaths(out=tmp_path / "data", reports=tmp_path / "r"))
     judges_stage.run(params, judges_stage.JudgesPaths(data=tmp_path / "data", out=tmp_path / "judges",
                                                       reports=tmp_path / "rj"))
-    m = evaluate.benchmark(params, tmp_path / "data" / "bench", tmp_path / "judges", tmp_path / "rep")
+    m = evaluate.benchmark(params, tmp_path / "data" / "bench", tmp_path / "judges", tmp_path / "rep", GENERATORS)
     o = {g: m[g]["Overall"] for g in GENERATORS}
     for floor in ("background_only", "noise"):
         for d in DIMENSIONS:

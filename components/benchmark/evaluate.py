@@ -26,13 +26,14 @@ from ..judges.sets import load_judge_set
 from ..rewards import make_reward
 from ..stage import path_field, stage_main
 from . import report
-from .generators import Generator, make_generator
+from .generators import Generator, available, make_generator
 
 
 @dataclass
 class EvaluatePaths:
     bench: Path = path_field("the benchmark dataset folder (data/bench)")
     judges: Path = path_field("folder holding the judge sets (models/judges)")
+    models: Path = path_field("folder holding trained generators by name (models/)")
     reports: Path = path_field("folder for the table, charts and sample grids")
 
 
@@ -80,13 +81,25 @@ def score(rows: list[BenchRow], images: list[np.ndarray], judges: JudgeSet, crop
 
 
 def generate_all(gen: Generator, rows: list[BenchRow], side: int, seed: int) -> list[np.ndarray]:
-    return [gen.generate(r.prompt, r.refs, height=side, width=side, seed=seed + i, meta=r.meta)
-            for i, r in enumerate(rows)]
+    """Every row's image: one call per row, or batched by reference count when the generator
+    has ``generate_batch`` (trained generators)."""
+    if not hasattr(gen, "generate_batch"):
+        return [gen.generate(r.prompt, r.refs, height=side, width=side, seed=seed + i, meta=r.meta)
+                for i, r in enumerate(rows)]
+    images: list[np.ndarray | None] = [None] * len(rows)
+    for k in sorted({len(r.refs) for r in rows}):
+        idx = [i for i, r in enumerate(rows) if len(r.refs) == k]
+        out = gen.generate_batch([rows[i].prompt for i in idx], [rows[i].refs for i in idx], height=side,
+                                 width=side, seed=seed + idx[0])
+        for i, img in zip(idx, out):
+            images[i] = img
+    return images
 
 
 def benchmark(params: Params, bench_dir: Path, judges_dir: Path, reports: Path,
-              generators: list[str] | None = None) -> dict:
-    """Score ``generators`` (default: params.evaluate.generators) and write the reports."""
+              generators: list[str] | None = None, models: Path | None = None) -> dict:
+    """Score ``generators`` (default: params.evaluate.generators; reference generators by name,
+    trained ones as folders under ``models``) and write the reports."""
     cfg = params.evaluate
     judges = load_judge_set(judges_dir / cfg.judge_set, params.judges)
     rows, side = load_bench(bench_dir, cfg.per_subset)
@@ -95,7 +108,9 @@ def benchmark(params: Params, bench_dir: Path, judges_dir: Path, reports: Path,
     frames, timing = [], {}
     for name in generators or cfg.generators:
         t0 = time.perf_counter()
-        images = generate_all(make_generator(name), rows, side, cfg.seed)
+        gen = make_generator(name, models=models) if name in available() else \
+            make_generator(name, models=models, steps=cfg.sample_steps, guidance=cfg.guidance)
+        images = generate_all(gen, rows, side, cfg.seed)
         t1 = time.perf_counter()
         scores = score(rows, images, judges, params.judges.crop_size)
         timing[name] = {"generate_seconds": round(t1 - t0, 3), "score_seconds": round(time.perf_counter() - t1, 3)}
@@ -124,7 +139,7 @@ def benchmark(params: Params, bench_dir: Path, judges_dir: Path, reports: Path,
 
 def run(params: Params, paths: EvaluatePaths) -> dict:
     """The benchmark for every generator in params.evaluate.generators."""
-    return benchmark(params, paths.bench, paths.judges, paths.reports)
+    return benchmark(params, paths.bench, paths.judges, paths.reports, models=paths.models)
 
 
 def main(argv=None) -> int:

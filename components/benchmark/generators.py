@@ -8,6 +8,7 @@ Trained generators join through ``register``.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
@@ -36,10 +37,16 @@ def register(name: str):
     return wrap
 
 
-def make_generator(name: str, **kwargs) -> Generator:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown generator {name!r}; known: {sorted(_REGISTRY)}")
-    return _REGISTRY[name](**kwargs)
+def make_generator(name: str, models: str | Path | None = None, **kwargs) -> Generator:
+    """A reference generator by name, or a trained one: ``name`` a folder under ``models``
+    (``pretrain`` -> models/pretrain) or a path to a ``save_pretrained`` generator folder."""
+    if name in _REGISTRY:
+        return _REGISTRY[name](**kwargs)
+    for folder in ([Path(models) / name] if models else []) + [Path(name)]:
+        if (folder / "generator_config.json").is_file():
+            return TrainedGenerator(folder, name=name, **kwargs)
+    raise KeyError(f"unknown generator {name!r}; known: {sorted(_REGISTRY)} or a trained generator folder"
+                   + (f" under {models}" if models else ""))
 
 
 def available() -> list[str]:
@@ -126,3 +133,32 @@ class Noise:
 
     def generate(self, prompt, refs, *, height, width, seed, meta=None):
         return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+class TrainedGenerator:
+    """A trained generator folder (``SubjectGenerator.save_pretrained``) behind the benchmark's
+    interface; ``generate_batch`` samples many rows with the same reference count at once."""
+
+    def __init__(self, folder: str | Path, name: str | None = None, steps: int = 20, guidance: float = 1.0,
+                 batch: int = 64):
+        from ..models.generator import SubjectGenerator
+
+        self.name = name or Path(folder).name
+        self.model = SubjectGenerator.from_pretrained(folder).eval()
+        self.steps, self.guidance, self.batch = steps, guidance, batch
+
+    def _check_size(self, height: int, width: int) -> None:
+        res = self.model.config.resolution
+        if (height, width) != (res, res):
+            raise ValueError(f"{self.name} draws {res}x{res} images, the benchmark asks for {height}x{width}")
+
+    def generate(self, prompt, refs, *, height, width, seed, meta=None):
+        return self.generate_batch([prompt], [refs], height=height, width=width, seed=seed)[0]
+
+    def generate_batch(self, prompts, refs, *, height, width, seed):
+        self._check_size(height, width)
+        out = []
+        for i in range(0, len(prompts), self.batch):
+            out += list(self.model.sample(prompts[i:i + self.batch], refs[i:i + self.batch], steps=self.steps,
+                                          guidance=self.guidance, seed=seed + i)["images"])
+        return out

@@ -167,11 +167,12 @@ class SubjectGenerator(nn.Module):
 
     # --- training ---------------------------------------------------------------------------
 
-    def loss(self, targets, prompts: Sequence[str], refs, generator: torch.Generator | None = None,
-             drop_text: float = 0.0, drop_refs: float = 0.0, drop_both: float = 0.0) -> torch.Tensor:
+    def forward(self, targets, prompts: Sequence[str], refs, generator: torch.Generator | None = None,
+                drop_text: float = 0.0, drop_refs: float = 0.0, drop_both: float = 0.0) -> torch.Tensor:
         """Flow-matching loss of one batch: uint8 targets (B, H, W, 3), prompts, references
         (B lists of k uint8 images). Condition dropout: each sample independently loses its
-        prompt (-> ""), its references (-> blank), or both, with the given probabilities."""
+        prompt (-> ""), its references (-> blank), or both, with the given probabilities.
+        The loss is the forward pass, so that DDP (which hooks ``forward``) syncs its gradients."""
         x0 = self.pack(to_model(targets).to(self.device))
         b = x0.shape[0]
         ref = self.ref_tokens(refs)
@@ -186,6 +187,8 @@ class SubjectGenerator(nn.Module):
         x_t = (1 - t)[:, None, None] * x0 + t[:, None, None] * eps
         v = self.velocity(x_t, t, self.encode_text(prompts), ref)
         return F.mse_loss(v, eps - x0)
+
+    loss = forward
 
     # --- sampling ---------------------------------------------------------------------------
 

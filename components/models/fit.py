@@ -1,0 +1,166 @@
+"""Training a generator on a dataset with the shared loop: what pretrain and sft have in common.
+
+A dataset is read once into memory (targets, prompts, references grouped by how many a row
+has; at 32 px the whole of ``single`` is a few MB). Each step draws a batch of rows with the same
+number of references, so a batch is one token sequence length. Step metrics (loss, learning
+rate, throughput) go to the stage's MLflow run when the flow started it, and a sample grid every
+``sample_every`` steps to ``reports/<stage>/samples/`` and MLflow. Checkpoints live outside the
+DVC outputs, in ``.checkpoints/<stage>-<fingerprint>``, keyed by the stage's params and data,
+so a crashed stage rerun by DVC resumes where it stopped and a changed stage starts afresh.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from accelerate import PartialState
+from PIL import Image
+
+from ..config import GeneratorParams, Params, TrainParams
+from ..datasets import MANIFEST, read_manifest
+from ..grids import grid
+from ..tracking import StepLogger
+from ..training import LoopConfig, train_loop
+from .generator import GeneratorConfig, SubjectGenerator
+
+
+@dataclass
+class Pairs:
+    """Rows of a dataset in memory: targets (N, H, W, 3), prompts, references per row."""
+
+    targets: np.ndarray
+    prompts: list[str]
+    refs: list[list[np.ndarray]]
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def by_ref_count(self) -> dict[int, np.ndarray]:
+        """Row indices grouped by their number of references."""
+        counts = np.array([len(r) for r in self.refs])
+        return {int(k): np.flatnonzero(counts == k) for k in np.unique(counts)}
+
+
+def _rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def load_pairs(dataset_dir: str | Path, manifest: pd.DataFrame | None = None) -> Pairs:
+    d = Path(dataset_dir)
+    m = read_manifest(d) if manifest is None else manifest
+    return Pairs(np.stack([_rgb(d / t) for t in m.target]), list(m.prompt),
+                 [[_rgb(d / r) for r in refs] for refs in m.refs], list(m.id))
+
+
+def build_generator(gen: GeneratorParams, resolution: int, seed: int) -> SubjectGenerator:
+    return SubjectGenerator.tiny(GeneratorConfig(resolution=resolution, patch=gen.patch), width=gen.width,
+                                 double_blocks=gen.double_blocks, single_blocks=gen.single_blocks, heads=gen.heads,
+                                 text_hidden=gen.text_hidden, text_layers=gen.text_layers, seed=seed)
+
+
+def fingerprint(*parts) -> str:
+    """A short hash of JSON-able parts (params, data digests)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def data_digest(dataset_dir: str | Path) -> str:
+    return hashlib.md5((Path(dataset_dir) / MANIFEST).read_bytes()).hexdigest()
+
+
+def sample_grid(model: SubjectGenerator, data: Pairs, rows: np.ndarray, cfg: TrainParams, caption: str) -> Image.Image:
+    """References | sample for ``rows`` of ``data`` (grouped by reference count for sampling)."""
+    images: dict[int, np.ndarray] = {}
+    groups: dict[int, list[int]] = {}
+    for i in rows:
+        groups.setdefault(len(data.refs[i]), []).append(int(i))
+    for idx in groups.values():
+        out = model.sample([data.prompts[i] for i in idx], [data.refs[i] for i in idx], steps=cfg.sample_steps,
+                           guidance=cfg.guidance, seed=cfg.seed)["images"]
+        images.update(zip(idx, out))
+    model.train()
+    return grid([(data.refs[i], images[int(i)], f"{caption}: {data.prompts[i]}") for i in rows])
+
+
+def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainParams, out: Path, reports: Path,
+                  checkpoints: Path, ref_count_probs: dict[int, float] | None = None) -> dict:
+    """Train ``model`` on ``data`` with the shared loop; save it to ``out`` (save_pretrained)
+    and return the stage metrics. ``ref_count_probs`` picks each batch's reference count (SFT's
+    2/3/4 with configurable probabilities); by default in proportion to the rows."""
+    groups = data.by_ref_count()
+    counts = sorted(groups)
+    if ref_count_probs:
+        missing = [k for k in ref_count_probs if k not in groups and ref_count_probs[k] > 0]
+        if missing:
+            raise ValueError(f"{stage}: no rows with {missing} references in the data")
+        probs = np.array([ref_count_probs.get(k, 0.0) for k in counts], dtype=float)
+    else:
+        probs = np.array([len(groups[k]) for k in counts], dtype=float)
+    probs /= probs.sum()
+    logger = StepLogger()
+    (reports / "samples").mkdir(parents=True, exist_ok=True)
+    grid_rows = np.random.default_rng(cfg.seed).choice(len(data), size=min(cfg.grid_rows, len(data)), replace=False)
+
+    def make_batch(rng, gen):
+        k = counts[int(rng.choice(len(counts), p=probs))]
+        idx = rng.choice(groups[k], size=cfg.batch_size)
+        return data.targets[idx], [data.prompts[i] for i in idx], [data.refs[i] for i in idx]
+
+    def loss_fn(m, batch, gen):
+        return m(*batch, generator=gen, drop_text=cfg.drop_text, drop_refs=cfg.drop_refs, drop_both=cfg.drop_both)
+
+    history_rows: list[dict] = []
+
+    def on_log(step, record):
+        history_rows.append(record)
+        logger.metrics({k: v for k, v in record.items() if k != "step"}, step, prefix="train/")
+        print(f"{stage} step {step}: loss {record['loss']:.4f} lr {record['lr']:.2e} "
+              f"{record['samples_per_second']:.1f} samples/s", flush=True)
+
+    def on_sample(m, step):
+        path = reports / "samples" / f"step-{step:07d}.png"
+        sample_grid(m, data, grid_rows, cfg, f"step {step}").save(path)
+        logger.artifact(path, f"reports/{stage}/samples")
+
+    loop = LoopConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+                      weight_decay=cfg.weight_decay, grad_accum=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
+                      max_grad_norm=cfg.max_grad_norm, ema_decay=cfg.ema_decay, checkpoint_every=cfg.checkpoint_every,
+                      log_every=cfg.log_every, sample_every=cfg.sample_every, seed=cfg.seed)
+    result = train_loop(model, make_batch, loss_fn, loop, checkpoints, on_log=on_log, on_sample=on_sample)
+    final = result.model
+    if PartialState().is_main_process:  # under `accelerate launch`, one process writes
+        final.save_pretrained(out)
+        sample_grid(final, data, grid_rows, cfg, "final").save(reports / "samples.png")
+        pd.DataFrame(result.history).to_csv(reports / "history.csv", index=False)
+        shutil.rmtree(checkpoints, ignore_errors=True)  # done: a rerun must start afresh
+    losses = [h["loss"] for h in result.history]
+    return {"steps": result.step, "final_loss": round(losses[-1], 5), "first_loss": round(losses[0], 5),
+            "train_seconds": round(result.seconds, 2), "resumed_from_step": result.resumed_from or 0,
+            "samples_per_second": round(float(np.mean([h["samples_per_second"] for h in result.history])), 2),
+            "parameters": sum(p.numel() for p in final.transformer.parameters()), "rows": len(data),
+            "ref_counts": {str(k): len(groups[k]) for k in counts}}
+
+
+def run_fit(stage: str, params: Params, cfg: TrainParams, dataset_dir: Path, out: Path, reports: Path,
+            init: Path | None = None, ref_count_probs: dict[int, float] | None = None) -> dict:
+    """Load data, build (or load ``init``) the generator, train it into ``out`` atomically."""
+    from ..io import atomic_dir
+
+    data = load_pairs(dataset_dir)
+    model = SubjectGenerator.from_pretrained(init) if init else \
+        build_generator(params.generator, params.synthesize.resolution, cfg.seed)
+    fp = fingerprint(stage, cfg.model_dump(), params.generator.model_dump(), data_digest(dataset_dir),
+                     str(init) if init else None)
+    checkpoints = Path(".checkpoints") / f"{stage}-{fp}"
+    reports.mkdir(parents=True, exist_ok=True)
+    if not PartialState().is_main_process:
+        return fit_generator(stage, model, data, cfg, out, reports, checkpoints, ref_count_probs)
+    with atomic_dir(out) as tmp:
+        metrics = fit_generator(stage, model, data, cfg, tmp, reports, checkpoints, ref_count_probs)
+    return metrics
