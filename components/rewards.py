@@ -25,6 +25,7 @@ import numpy as np
 
 from .judges.base import Grounding, JudgeSet, crop_subject
 from .judges.geometry import relation_from_boxes
+from .registry import Registry
 
 PSR_WEIGHTS = {"psr": 0.4, "semantic": 0.4, "aesthetic": 0.2}
 
@@ -38,25 +39,17 @@ class RewardOutput:
 
 
 RewardFn = Callable[[Sequence[np.ndarray], Sequence[str], Sequence[dict]], RewardOutput]
-_BUILDERS: dict[str, Callable[..., RewardFn]] = {}
-
-
-def register(name: str):
-    def wrap(builder):
-        _BUILDERS[name] = builder
-        return builder
-    return wrap
+REWARDS: Registry[Callable[..., RewardFn]] = Registry("reward")
+register = REWARDS.register
 
 
 def make_reward(name: str, judges: JudgeSet, **kwargs) -> RewardFn:
     """The reward ``name`` bound to ``judges``."""
-    if name not in _BUILDERS:
-        raise KeyError(f"unknown reward {name!r}; known: {sorted(_BUILDERS)}")
-    return _BUILDERS[name](judges, **kwargs)
+    return REWARDS.get(name)(judges, **kwargs)
 
 
 def available() -> list[str]:
-    return sorted(_BUILDERS)
+    return REWARDS.names()
 
 
 def _ground(judges: JudgeSet, images_per_sample: list[list[np.ndarray]], categories: list[list[str]]):

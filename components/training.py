@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 
 CHECKPOINTS = "checkpoints"
@@ -109,6 +109,14 @@ def step_randomness(seed: int, rank: int, step: int, micro: int) -> tuple[np.ran
     return rng, torch.Generator().manual_seed(int(rng.integers(2**62)))
 
 
+def process_state() -> PartialState:
+    """This process's place among the training processes. Ask here, not ``PartialState()``: on
+    a machine without CUDA, the first PartialState made without ``cpu=True`` under ``accelerate
+    launch --multi_gpu`` silently becomes a single process (every rank rank 0), and accelerate
+    keeps that first state for the whole process."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def latest_checkpoint(out_dir: Path) -> Path | None:
     folder = Path(out_dir) / CHECKPOINTS
     found = sorted(folder.glob("step-*")) if folder.is_dir() else []
@@ -122,6 +130,7 @@ def train_loop(model: torch.nn.Module, make_batch: Callable[[np.random.Generator
                accelerator: Accelerator | None = None) -> LoopResult:
     """Train ``model`` for ``cfg.steps`` optimizer steps; checkpoints go to ``out_dir/checkpoints``."""
     out_dir = Path(out_dir)
+    process_state()  # before anything else asks: see process_state
     acc = accelerator or Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
     set_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -165,7 +174,7 @@ def train_loop(model: torch.nn.Module, make_batch: Callable[[np.random.Generator
         if done % cfg.log_every == 0 or done == cfg.steps:
             loss_mean = acc.reduce(torch.tensor(total), reduction="mean").item()
             now = time.perf_counter()
-            record = {"step": done, "loss": loss_mean, "lr": sched.get_last_lr()[0],
+            record = {"step": done, "loss": loss_mean, "local_loss": total, "lr": sched.get_last_lr()[0],
                       "samples_per_second": window_samples / max(now - window_t, 1e-9)}
             window_t, window_samples = now, 0
             history.append(record)

@@ -98,6 +98,11 @@ def test_two_processes_keep_identical_weights(tmp_path):
     r0 = json.loads((out / "result-rank0.json").read_text())
     r1 = json.loads((out / "result-rank1.json").read_text())
     assert r0["world_size"] == r1["world_size"] == 2
+    # Each rank trained on its own batches (two independent single-process runs would see the
+    # same ones and also end equal), and the logged loss is their mean.
+    l0, l1 = [h["local_loss"] for h in r0["history"]], [h["local_loss"] for h in r1["history"]]
+    assert all(a != b for a, b in zip(l0, l1))
+    assert [h["loss"] for h in r0["history"]] == pytest.approx([(a + b) / 2 for a, b in zip(l0, l1)], rel=1e-5)
     assert _same(_weights(out, 0)["raw"], _weights(out, 1)["raw"])
     assert _same(_weights(out, 0)["ema"], _weights(out, 1)["ema"])
     # ...and they moved: not two copies of the initial weights

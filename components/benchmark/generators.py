@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from .. import world
+from ..registry import Registry
 from ..world import backgrounds
 
 
@@ -27,30 +28,24 @@ class Generator(Protocol):
         ``meta`` carries the benchmark row; only the oracle may read its ground truth."""
 
 
-_REGISTRY: dict[str, Callable[..., Generator]] = {}
-
-
-def register(name: str):
-    def wrap(factory):
-        _REGISTRY[name] = factory
-        return factory
-    return wrap
+GENERATORS: Registry[Callable[..., Generator]] = Registry("generator")
+register = GENERATORS.register
 
 
 def make_generator(name: str, models: str | Path | None = None, **kwargs) -> Generator:
     """A reference generator by name, or a trained one: ``name`` a folder under ``models``
     (``pretrain`` -> models/pretrain) or a path to a ``save_pretrained`` generator folder."""
-    if name in _REGISTRY:
-        return _REGISTRY[name](**kwargs)
+    if name in GENERATORS:
+        return GENERATORS.get(name)(**kwargs)
     for folder in ([Path(models) / name] if models else []) + [Path(name)]:
         if (folder / "generator_config.json").is_file():
             return TrainedGenerator(folder, name=name, **kwargs)
-    raise KeyError(f"unknown generator {name!r}; known: {sorted(_REGISTRY)} or a trained generator folder"
+    raise KeyError(f"unknown generator {name!r}; known: {GENERATORS.names()} or a trained generator folder"
                    + (f" under {models}" if models else ""))
 
 
 def available() -> list[str]:
-    return sorted(_REGISTRY)
+    return GENERATORS.names()
 
 
 def background_in(prompt: str) -> str:

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from accelerate import PartialState
 from PIL import Image
 
 from ..config import GeneratorParams, Params, TrainParams
 from ..datasets import MANIFEST, read_manifest
 from ..grids import grid
 from ..tracking import StepLogger
-from ..training import LoopConfig, train_loop
+from ..training import LoopConfig, process_state, train_loop
 from .generator import GeneratorConfig, SubjectGenerator
 
 
@@ -119,7 +118,7 @@ def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainPa
 
     def on_log(step, record):
         history_rows.append(record)
-        logger.metrics({k: v for k, v in record.items() if k != "step"}, step, prefix="train/")
+        logger.metrics({k: v for k, v in record.items() if k not in ("step", "local_loss")}, step, prefix="train/")
         print(f"{stage} step {step}: loss {record['loss']:.4f} lr {record['lr']:.2e} "
               f"{record['samples_per_second']:.1f} samples/s", flush=True)
 
@@ -134,7 +133,7 @@ def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainPa
                       log_every=cfg.log_every, sample_every=cfg.sample_every, seed=cfg.seed)
     result = train_loop(model, make_batch, loss_fn, loop, checkpoints, on_log=on_log, on_sample=on_sample)
     final = result.model
-    if PartialState().is_main_process:  # under `accelerate launch`, one process writes
+    if process_state().is_main_process:  # under `accelerate launch`, one process writes
         final.save_pretrained(out)
         sample_grid(final, data, grid_rows, cfg, "final").save(reports / "samples.png")
         pd.DataFrame(result.history).to_csv(reports / "history.csv", index=False)
@@ -159,7 +158,7 @@ def run_fit(stage: str, params: Params, cfg: TrainParams, dataset_dir: Path, out
                      str(init) if init else None)
     checkpoints = Path(".checkpoints") / f"{stage}-{fp}"
     reports.mkdir(parents=True, exist_ok=True)
-    if not PartialState().is_main_process:
+    if not process_state().is_main_process:
         return fit_generator(stage, model, data, cfg, out, reports, checkpoints, ref_count_probs)
     with atomic_dir(out) as tmp:
         metrics = fit_generator(stage, model, data, cfg, tmp, reports, checkpoints, ref_count_probs)

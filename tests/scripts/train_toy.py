@@ -41,13 +41,14 @@ def main() -> None:
     cfg = LoopConfig(steps=args.steps, batch_size=16, lr=1e-2, warmup_steps=2, grad_accum=args.grad_accum,
                      checkpoint_every=args.checkpoint_every, log_every=1, ema_decay=0.9, seed=3)
     res = train_loop(model, make_batch, loss_fn, cfg, args.out, resume=not args.no_resume)
-    from accelerate import PartialState
+    from components.training import process_state
 
-    rank = PartialState().process_index
+    state = process_state()
+    rank = state.process_index
     torch.save({"raw": res.raw_model.state_dict(), "ema": res.model.state_dict()}, args.out / f"weights-rank{rank}.pt")
     (args.out / f"result-rank{rank}.json").write_text(json.dumps(
         {"step": res.step, "resumed_from": res.resumed_from, "history": res.history,
-         "world_size": PartialState().num_processes}))
+         "world_size": state.num_processes}))
 
 
 if __name__ == "__main__":
