@@ -4,11 +4,13 @@
     subjectflow stage NAME     one stage, through the same flow
     subjectflow status         which stages are stale and why
     subjectflow benchmark --generator NAME   score one generator on the benchmark
+    subjectflow generate --model URI --ref a.png [--ref b.png ...] "prompt" --out out.png
     subjectflow ui             MLflow UI and Prefect server on 127.0.0.1
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -103,6 +105,51 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    """An image from a registered generator (models:/subjectflow-generator@candidate, any
+    MLflow model URI) or a local generator folder (models/sft)."""
+    import mlflow
+    import numpy as np
+    from PIL import Image
+
+    from components.models import pyfunc
+
+    if not pyfunc.is_local_generator(args.model):
+        root = Path(args.project).resolve()
+        if (root / "params.yaml").exists():
+            from components import tracking
+            from components.config import load_params
+
+            mlflow.set_tracking_uri(tracking.tracking_uri(root, load_params(root / "params.yaml")))
+    refs = []
+    for path in args.ref:
+        with Image.open(path) as im:
+            refs.append(np.asarray(im.convert("RGB")))
+    image = pyfunc.generate(args.model, args.prompt, refs, seed=args.seed, steps=args.steps, guidance=args.guidance)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(out)
+    print(f"{out} ({image.shape[1]}x{image.shape[0]}) from {args.model}")
+    return 0
+
+
+def _stop_groups(procs: list[subprocess.Popen], grace: float = 15.0) -> None:
+    """SIGINT every process group, then SIGKILL what is still alive after ``grace`` seconds."""
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGINT)
+    deadline = time.time() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(deadline - time.time(), 0.1))
+        except subprocess.TimeoutExpired:
+            pass
+    for p in procs:  # workers may outlive their parent: kill the whole group
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+
+
 def cmd_ui(args) -> int:
     from components import tracking
     from components.config import load_params
@@ -110,29 +157,24 @@ def cmd_ui(args) -> int:
     root = _project(args)
     params = load_params(root / "params.yaml")
     store = tracking.tracking_uri(root, params)
+    # Each server in its own process group: both spawn workers, and stopping only the parent
+    # would orphan them (still bound to the port, still holding our stdout).
     procs = [
         subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store,
-                          "--host", "127.0.0.1", "--port", str(args.mlflow_port)]),
+                          "--host", "127.0.0.1", "--port", str(args.mlflow_port)], start_new_session=True),
         subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                          "--port", str(args.prefect_port)]),
+                          "--port", str(args.prefect_port)], start_new_session=True),
     ]
     print(f"MLflow UI:      http://127.0.0.1:{args.mlflow_port}  (store {store})")
     print(f"Prefect server: http://127.0.0.1:{args.prefect_port}")
-    print("Ctrl-C stops both.")
+    print("Ctrl-C stops both.", flush=True)
     try:
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop_groups(procs)
     return 0
 
 
@@ -158,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generator", required=True,
                    help="oracle, copy_paste, background_only, noise, or a trained generator under models/ (pretrain)")
     p.add_argument("--per-subset", type=int, default=None, help="rows per subset (default: params.evaluate.per_subset)")
+    p = add("generate", cmd_generate, "generate an image from a registered or local generator")
+    p.add_argument("--model", required=True,
+                   help="models:/subjectflow-generator@candidate (any MLflow model URI) or a generator folder")
+    p.add_argument("--ref", action="append", default=[], help="reference image of subject k (\"image k\"), in order")
+    p.add_argument("prompt", help='e.g. "the cat from image 1 left of the robot from image 2, in a forest"')
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=20, help="ODE steps")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
     p = add("ui", cmd_ui, "start the MLflow UI and a Prefect server on 127.0.0.1")
     p.add_argument("--mlflow-port", type=int, default=5000)
     p.add_argument("--prefect-port", type=int, default=4200)

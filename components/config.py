@@ -106,6 +106,12 @@ class GeneratorParams(Section):
     single_blocks: Annotated[int, Field(ge=0)] = Field(4, description="FLUX single-stream blocks.")
     text_hidden: Annotated[int, Field(ge=8)] = Field(64, description="Width of the tiny CLIP text encoder.")
     text_layers: Annotated[int, Field(ge=1)] = Field(2, description="Layers of the tiny CLIP text encoder.")
+    pretrained: str | None = Field(
+        None, description="Real profile: a FLUX.1 Kontext folder or hub id (black-forest-labs/FLUX.1-Kontext-dev); "
+                          "its weights are frozen and LoRA adapters trained. None = the tiny model from scratch.")
+    lora_rank: Annotated[int, Field(ge=1)] = Field(16, description="LoRA rank of the real profile.")
+    prediction: Literal["velocity", "sample"] = Field(
+        "velocity", description="Transformer output: velocity (FLUX) or clean image (x-prediction, JiT).")
 
 
 class TrainParams(Section):
@@ -127,6 +133,8 @@ class TrainParams(Section):
     drop_text: Annotated[float, Field(ge=0, le=1)] = Field(0.1, description="P(prompt dropped) for CFG.")
     drop_refs: Annotated[float, Field(ge=0, le=1)] = Field(0.05, description="P(references dropped) for CFG.")
     drop_both: Annotated[float, Field(ge=0, le=1)] = Field(0.05, description="P(both dropped) for CFG.")
+    subject_weight: Annotated[float, Field(ge=1)] = Field(
+        1.0, description="Loss weight of subject pixels (from the dataset's masks) relative to background.")
     sample_steps: Annotated[int, Field(ge=1)] = Field(20, description="ODE steps of the sample grids.")
     guidance: Annotated[float, Field(ge=1)] = Field(1.0, description="CFG scale of the sample grids (1 = off).")
     grid_rows: Annotated[int, Field(ge=1, le=64)] = Field(8, description="Rows of each sample grid.")
@@ -137,6 +145,44 @@ class TrainParams(Section):
         if v + info.data.get("drop_text", 0) + info.data.get("drop_refs", 0) > 1:
             raise ValueError("drop_text + drop_refs + drop_both must not exceed 1")
         return v
+
+
+class MultisubjectParams(Section):
+    """PSR's data bootstrapping: regenerate each subject of a multi-subject scene with the
+    single-subject model and keep the pairs whose regenerations are consistent with it."""
+
+    seed: int = Field(0, description="Seed of the new backgrounds and of the sampler.")
+    max_scenes: Annotated[int, Field(ge=1)] | None = Field(None, description="Scenes of data/multi used (None = all).")
+    judge_set: Literal["reward", "eval"] = Field("reward", description="Judges that ground and filter.")
+    threshold: Annotated[float, Field(ge=-1, le=1)] = Field(
+        0.5, description="Minimum encoder cosine between a regenerated reference and its subject.")
+    subject_size: Annotated[int, Field(ge=4)] = Field(
+        20, description="Side in pixels of the subject crop given to the single-subject model, centred.")
+    batch_size: Annotated[int, Field(ge=1)] = Field(64, description="Regenerations per sampler call.")
+    sample_steps: Annotated[int, Field(ge=1)] = Field(20, description="ODE steps per regeneration.")
+    guidance: Annotated[float, Field(ge=1)] = Field(1.0, description="CFG scale of the regenerations.")
+    grid_rows: Annotated[int, Field(ge=1, le=64)] = Field(8, description="Rows of the kept / dropped example grids.")
+
+
+class SftParams(TrainParams):
+    """Multi-subject SFT: the shared loop on the bootstrapped data, from the pretrained weights."""
+
+    ref_count_probs: dict[int, Annotated[float, Field(ge=0)]] = Field(
+        {2: 0.5, 3: 0.25, 4: 0.25}, description="Probability of a batch with 2, 3 or 4 references.")
+
+    @field_validator("ref_count_probs")
+    @classmethod
+    def _some_probability(cls, v):
+        if not v or sum(v.values()) <= 0:
+            raise ValueError("at least one reference count needs a positive probability")
+        return v
+
+
+class RegisterParams(Section):
+    """Where the trained generator goes in the MLflow model registry."""
+
+    model_name: str = Field("subjectflow-generator", description="Registered model name.")
+    alias: str = Field("candidate", description="Alias the new version gets (promotion moves @champion).")
 
 
 class ResourcesParams(Section):
@@ -164,6 +210,9 @@ class Params(Section):
     judges: JudgesParams = JudgesParams()
     generator: GeneratorParams = GeneratorParams()
     pretrain: TrainParams = TrainParams()
+    multisubject: MultisubjectParams = MultisubjectParams()
+    sft: SftParams = SftParams()
+    register_: RegisterParams = Field(RegisterParams(), alias="register")
     evaluate: EvaluateParams = EvaluateParams()
     resources: ResourcesParams = ResourcesParams()
     pipeline: PipelineParams = PipelineParams()
@@ -178,7 +227,7 @@ class ParamsError(ValueError):
 def _format(path: Path, err: ValidationError) -> str:
     lines = [f"{path}: {len(err.errors())} invalid setting(s)"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]).replace("validate_", "validate")
+        key = ".".join(str(p) for p in e["loc"]).replace("validate_", "validate").replace("register_", "register")
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (misspelt? remove it or use a documented name)")
         else:

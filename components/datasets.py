@@ -7,7 +7,7 @@ copied or moved as a whole.
 
 Columns:
     id            str        unique sample id ("multi-000042", "bench-position-007")
-    split         str        single | standardize | multi | bench
+    split         str        single | standardize | multi | bench | multisubject
     subset        str        single | standardize | one of world.TASKS
     prompt        str        the text condition
     background    str        the target's background name
@@ -34,6 +34,10 @@ import pandas as pd
 MANIFEST = "manifest.parquet"
 SPLITS = ("single", "standardize", "multi", "bench")
 TRAIN_SPLITS = ("single", "standardize", "multi")
+# Datasets later stages build (the multisubject stage's bootstrapped pairs): training data too,
+# so the same leakage check applies; their rows keep the PSR task as subset.
+DERIVED_SPLITS = ("multisubject",)
+TASK_SPLITS = ("multi", "bench", "multisubject")
 COLUMNS = (
     "id", "split", "subset", "prompt", "background", "width", "height", "n_subjects", "target", "mask",
     "refs", "categories", "identities", "boxes", "ref_boxes", "scene", "ref_scenes", "claims",

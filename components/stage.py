@@ -48,6 +48,7 @@ def stage_main(name: str, run: Callable[[Params, object], dict], paths_cls, argv
     code = 0
     try:
         metrics = run(params, paths)
+        metrics["peak_rss_mb"] = peak_rss_mb()
         write_json_atomic(args.metrics, metrics)
     except DataValidationError as e:
         print(f"\n{name}: data validation failed\n{e}", file=sys.stderr)
@@ -61,6 +62,14 @@ def stage_main(name: str, run: Callable[[Params, object], dict], paths_cls, argv
             with open(record, "w") as f:
                 json.dump({"stage": name, "seconds": time.perf_counter() - t0, "exit_code": code}, f)
     return code
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process or any worker it waited for, in MiB (Linux)."""
+    import resource
+
+    kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return round(kib / 1024, 1)
 
 
 def path_field(help: str):

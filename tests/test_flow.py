@@ -6,14 +6,16 @@ import json
 import subprocess
 
 import mlflow
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from components import lineage
 from tests.conftest import make_project, tiny_params
 
 pytestmark = pytest.mark.integration
-STAGES = ("synthesize", "validate", "judges", "pretrain", "evaluate")
+STAGES = ("synthesize", "validate", "judges", "pretrain", "multisubject", "sft", "evaluate", "register")
 
 
 def _skipped_but(**states):
@@ -89,14 +91,57 @@ def test_first_run_runs_every_stage_and_records_it(project):
     assert "reports/pretrain/samples/step-0000002.png" in samples
     assert (root / "models" / "pretrain" / "generator_config.json").is_file()
     assert not any((root / ".checkpoints").iterdir())  # removed once the stage finished
+    boot = kids["multisubject"]
+    assert boot.data.metrics["kept"] == tiny_params()["synthesize"]["multi"]  # threshold -1: every pair
+    assert boot.data.metrics["gate.success"] == 1.0
+    assert {d.dataset.name for d in boot.inputs.dataset_inputs} >= {"multi", "multisubject"}
+    assert "reports/multisubject/validate/summary.md" in {
+        a.path for a in client.list_artifacts(boot.info.run_id, "reports/multisubject/validate")}
+    sft = kids["sft"]
+    assert [m.step for m in client.get_metric_history(sft.info.run_id, "train/loss")] == [2, 4]
+    assert (root / "models" / "sft" / "generator_config.json").is_file()
     ev = kids["evaluate"]
-    for gen in ("oracle", "copy_paste", "background_only", "noise", "pretrain"):
+    for gen in ("oracle", "copy_paste", "background_only", "noise", "pretrain", "sft"):
         for dim in ("SC", "SA", "AES"):
             assert 0 <= ev.data.metrics[f"{gen}.Overall.{dim}"] <= 1
     reports = {a.path for a in client.list_artifacts(ev.info.run_id, "reports/evaluate")}
     assert {"reports/evaluate/table.csv", "reports/evaluate/radar_SC.png", "reports/evaluate/grid_oracle.png"} <= reports
     # outputs were pushed to the local DVC remote
     assert any((root / ".dvc-storage").rglob("*"))
+
+
+def test_the_sft_generator_is_registered_with_scores_and_lineage(project, tmp_path):
+    from components.cli import main as cli_main
+    from components.models.pyfunc import generate
+
+    root, summary = project
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias("subjectflow-generator", "candidate")
+    assert str(version.version) == "1"
+    tags = version.tags
+    assert tags["dvc.models/sft"] == lineage.locked_outs(root, "sft")["models/sft"]
+    assert tags["dvc.data/multisubject"] == lineage.locked_outs(root, "multisubject")["data/multisubject"]
+    register_run = _children(summary["parent_run_id"])["register"].info.run_id  # logged in the flow's run
+    assert tags["git.commit"] and version.run_id == tags["run_id"] == register_run
+    evaluated = json.loads((root / "metrics" / "evaluate.json").read_text())["sft"]
+    assert float(tags["bench.Overall.SC"]) == pytest.approx(evaluated["Overall"]["SC"], abs=1e-4)
+    assert "bench.Four.SA" in tags
+    image = generate("models:/subjectflow-generator@candidate", "the cat from image 1 in a forest",
+                     [np.zeros((32, 32, 3), np.uint8)], steps=2)
+    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+    # the command line, by alias and by local folder, with two references of another size
+    refs = []
+    for k in range(2):
+        refs.append(tmp_path / f"ref{k}.png")
+        Image.fromarray(np.full((64, 64, 3), 40 * k, np.uint8)).save(refs[-1])
+    for model in ("models:/subjectflow-generator@candidate", str(root / "models" / "sft")):
+        out = tmp_path / "out.png"
+        assert cli_main(["generate", "--project", str(root), "--model", model, "--ref", str(refs[0]), "--ref",
+                         str(refs[1]), "the cat from image 1 left of the moon from image 2, in a forest",
+                         "--steps", "2", "--out", str(out)]) == 0
+        with Image.open(out) as im:
+            assert im.size == (32, 32)
 
 
 def test_prefect_run_ends_with_a_summary_artifact(project):
@@ -138,8 +183,10 @@ def test_changing_a_judges_param_retrains_the_judges_and_rescores(project):
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["judges"]["aesthetic_steps"] += 1
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert set(lineage.status(root)) == {"judges"}  # evaluate goes stale once the judges change
-    assert _states(_flow(root)) == _skipped_but(judges="ran", evaluate="ran")
+    assert set(lineage.status(root)) == {"judges"}  # the rest goes stale once the judges change
+    states = _states(_flow(root))
+    assert [states[s] for s in ("synthesize", "validate", "pretrain")] == ["skipped"] * 3  # not downstream of judges
+    assert states["judges"] == states["multisubject"] == states["evaluate"] == "ran"
 
 
 def test_outputs_edited_by_hand_are_restored_by_dvc(project):

@@ -143,3 +143,37 @@ def test_save_and_load_by_path(batch, tmp_path):
     diff = back.sample(prompts[:1], refs[:1], steps=2, seed=1)["images"].astype(int) - \
         g.sample(prompts[:1], refs[:1], steps=2, seed=1)["images"]
     assert np.abs(diff).max() <= 2
+
+
+def _tiny_vae():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                         block_out_channels=(8, 8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=4,
+                         sample_size=32, mid_block_add_attention=False, scaling_factor=0.5, shift_factor=0.1)
+
+
+def test_a_generator_over_an_autoencoder_works_in_its_latent_space(batch, tmp_path):
+    """FLUX's layout: a frozen VAE; the transformer reads its latents (here 8x8x4 for 32 px,
+    patch 1), the samplers decode back to pixels; the folder carries the VAE."""
+    targets, prompts, refs = batch
+    g = SubjectGenerator.tiny(GeneratorConfig(patch=1), vae=_tiny_vae(), **SMALL)
+    assert (g.config.latent_channels, g.config.latent_factor, g.config.grid, g.config.channels) == (4, 4, 8, 4)
+    z = g.encode_images(targets)
+    assert z.shape == (4, 4, 8, 8) and g.pack(z).shape == (4, 64, 4)
+    post = g.vae.encode(to_model(targets)).latent_dist.mean
+    assert torch.allclose(z, (post - 0.1) * 0.5, atol=1e-6)  # the VAE's shift and scaling
+    loss = g(targets, prompts, refs, generator=torch.Generator().manual_seed(0),
+             masks=np.ones((4, 32, 32), np.uint8), subject_weight=3.0)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is None for p in g.vae.parameters())  # frozen
+    assert any(p.grad is not None for p in g.transformer.parameters())
+    out = g.sample(prompts[:2], refs[:2], steps=2)["images"]
+    assert out.shape == (2, 32, 32, 3) and out.dtype == np.uint8
+    g.save_pretrained(tmp_path / "gen")
+    back = SubjectGenerator.from_pretrained(tmp_path / "gen")
+    assert back.vae is not None and (tmp_path / "gen" / "vae" / "config.json").is_file()
+    assert np.array_equal(back.sample(prompts[:2], refs[:2], steps=2)["images"], out)
+    with pytest.raises(ValueError, match="autoencoder is needed"):
+        SubjectGenerator(g.transformer, g.text_encoder, g.tokenizer, g.config)  # latent config, no VAE

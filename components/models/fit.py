@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
 
 from ..config import GeneratorParams, Params, TrainParams
 from ..datasets import MANIFEST, read_manifest
-from ..grids import grid
+from ..grids import grid, load_rgb
 from ..tracking import StepLogger
 from ..training import LoopConfig, process_state, train_loop
 from .generator import GeneratorConfig, SubjectGenerator
@@ -33,6 +34,7 @@ class Pairs:
     """Rows of a dataset in memory: targets (N, H, W, 3), prompts, references per row."""
 
     targets: np.ndarray
+    masks: np.ndarray  # (N, H, W) uint8 label maps: 0 background, k + 1 subject k
     prompts: list[str]
     refs: list[list[np.ndarray]]
     ids: list[str]
@@ -46,20 +48,25 @@ class Pairs:
         return {int(k): np.flatnonzero(counts == k) for k in np.unique(counts)}
 
 
-def _rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
 def load_pairs(dataset_dir: str | Path, manifest: pd.DataFrame | None = None) -> Pairs:
     d = Path(dataset_dir)
     m = read_manifest(d) if manifest is None else manifest
-    return Pairs(np.stack([_rgb(d / t) for t in m.target]), list(m.prompt),
-                 [[_rgb(d / r) for r in refs] for refs in m.refs], list(m.id))
+    return Pairs(np.stack([load_rgb(d / t) for t in m.target]), np.stack([_label_map(d / p) for p in m["mask"]]),
+                 list(m.prompt),
+                 [[load_rgb(d / r) for r in refs] for refs in m.refs], list(m.id))
+
+
+def _label_map(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im)
 
 
 def build_generator(gen: GeneratorParams, resolution: int, seed: int) -> SubjectGenerator:
-    return SubjectGenerator.tiny(GeneratorConfig(resolution=resolution, patch=gen.patch), width=gen.width,
+    if gen.pretrained:  # the real profile: FLUX.1 Kontext + LoRA
+        from .flux import from_flux
+
+        return from_flux(gen.pretrained, resolution, gen.lora_rank, seed=seed)
+    return SubjectGenerator.tiny(GeneratorConfig(resolution=resolution, patch=gen.patch, prediction=gen.prediction), width=gen.width,
                                  double_blocks=gen.double_blocks, single_blocks=gen.single_blocks, heads=gen.heads,
                                  text_hidden=gen.text_hidden, text_layers=gen.text_layers, seed=seed)
 
@@ -87,6 +94,23 @@ def sample_grid(model: SubjectGenerator, data: Pairs, rows: np.ndarray, cfg: Tra
     return grid([(data.refs[i], images[int(i)], f"{caption}: {data.prompts[i]}") for i in rows])
 
 
+def encode_pairs(model: SubjectGenerator, data: Pairs, groups: dict[int, np.ndarray], batch: int = 256):
+    """Every target, and every group's references, in the model's space, computed once: a
+    frozen autoencoder would otherwise encode the same images at every step. Returns targets
+    (N, C, S, S) and {k: (rows with k refs, k, C, S, S)} in the order of ``groups[k]``."""
+    def enc(images):
+        return torch.cat([model.encode_images(images[i:i + batch]) for i in range(0, len(images), batch)]) \
+            if len(images) else None
+
+    targets = enc(data.targets)
+    refs = {}
+    for k, rows in groups.items():
+        flat = [im for i in rows for im in data.refs[i]]
+        z = enc(np.stack(flat)) if k else targets.new_zeros(len(rows), 0, *targets.shape[1:])
+        refs[k] = z.reshape(len(rows), k, *targets.shape[1:]) if k else z
+    return targets, refs
+
+
 def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainParams, out: Path, reports: Path,
                   checkpoints: Path, ref_count_probs: dict[int, float] | None = None) -> dict:
     """Train ``model`` on ``data`` with the shared loop; save it to ``out`` (save_pretrained)
@@ -96,9 +120,12 @@ def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainPa
     counts = sorted(groups)
     if ref_count_probs:
         missing = [k for k in ref_count_probs if k not in groups and ref_count_probs[k] > 0]
-        if missing:
-            raise ValueError(f"{stage}: no rows with {missing} references in the data")
         probs = np.array([ref_count_probs.get(k, 0.0) for k in counts], dtype=float)
+        if probs.sum() <= 0:
+            raise ValueError(f"{stage}: no rows with {sorted(ref_count_probs)} references in the data")
+        if missing:  # e.g. the bootstrapping filter kept no 4-subject pair: say so, train on the rest
+            print(f"{stage}: WARNING no rows with {missing} references; their probability goes to the others",
+                  flush=True)
     else:
         probs = np.array([len(groups[k]) for k in counts], dtype=float)
     probs /= probs.sum()
@@ -106,13 +133,20 @@ def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainPa
     (reports / "samples").mkdir(parents=True, exist_ok=True)
     grid_rows = np.random.default_rng(cfg.seed).choice(len(data), size=min(cfg.grid_rows, len(data)), replace=False)
 
+    drawn = {k: 0 for k in counts}
+    targets, refs = encode_pairs(model, data, groups)
+
     def make_batch(rng, gen):
         k = counts[int(rng.choice(len(counts), p=probs))]
-        idx = rng.choice(groups[k], size=cfg.batch_size)
-        return data.targets[idx], [data.prompts[i] for i in idx], [data.refs[i] for i in idx]
+        drawn[k] += 1
+        pick = rng.choice(len(groups[k]), size=cfg.batch_size)
+        idx = groups[k][pick]
+        return targets[idx], [data.prompts[i] for i in idx], refs[k][pick], data.masks[idx]
 
     def loss_fn(m, batch, gen):
-        return m(*batch, generator=gen, drop_text=cfg.drop_text, drop_refs=cfg.drop_refs, drop_both=cfg.drop_both)
+        targets, prompts, refs, masks = batch
+        return m(targets, prompts, refs, generator=gen, drop_text=cfg.drop_text, drop_refs=cfg.drop_refs,
+                 drop_both=cfg.drop_both, masks=masks, subject_weight=cfg.subject_weight)
 
     history_rows: list[dict] = []
 
@@ -143,7 +177,10 @@ def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainPa
             "train_seconds": round(result.seconds, 2), "resumed_from_step": result.resumed_from or 0,
             "samples_per_second": round(float(np.mean([h["samples_per_second"] for h in result.history])), 2),
             "parameters": sum(p.numel() for p in final.transformer.parameters()), "rows": len(data),
-            "ref_counts": {str(k): len(groups[k]) for k in counts}}
+            "ref_counts": {str(k): len(groups[k]) for k in counts},
+            "ref_counts_missing": sorted(int(k) for k in (ref_count_probs or {}) if k not in groups
+                                         and ref_count_probs[k] > 0),
+            "batches_by_ref_count": {str(k): v for k, v in drawn.items()}}  # drawn by this process (after any resume)
 
 
 def run_fit(stage: str, params: Params, cfg: TrainParams, dataset_dir: Path, out: Path, reports: Path,

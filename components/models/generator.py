@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import FluxTransformer2DModel
+from diffusers import AutoencoderKL, FluxTransformer2DModel
 from torch import nn
 from transformers import AutoTokenizer, CLIPTextModel
 
@@ -39,14 +39,37 @@ class GeneratorConfig:
     resolution: int = 32
     patch: int = 4
     max_refs: int = 4
+    # 0: the transformer reads pixels. Otherwise it reads the latents of an autoencoder (FLUX's
+    # VAE role: ``vae/`` in the folder) with this many channels, ``latent_factor`` times smaller.
+    latent_channels: int = 0
+    latent_factor: int = 1
+    # Real profile (models/flux.py): the FLUX.1 Kontext folder or hub id the weights come from,
+    # the LoRA rank trained on its transformer, and its distilled guidance value.
+    base: str | None = None
+    lora_rank: int | None = None
+    flux_guidance: float = 2.5
+    # What the transformer outputs: "velocity" (v = eps - x0, FLUX's) or "sample" (x0, JiT's
+    # x-prediction, Li & He 2025): at pixel level a small network predicts the clean image far
+    # better than the noise; either way ``velocity()`` returns a velocity and the loss is on it.
+    prediction: str = "velocity"
+    min_t: float = 0.05  # x-prediction divides by t: clamp it
+
+    @property
+    def space_channels(self) -> int:
+        """Channels of the space the transformer works in: RGB or the autoencoder's latents."""
+        return self.latent_channels or 3
+
+    @property
+    def space_size(self) -> int:
+        return self.resolution // (self.latent_factor if self.latent_channels else 1)
 
     @property
     def grid(self) -> int:
-        return self.resolution // self.patch
+        return self.space_size // self.patch
 
     @property
     def channels(self) -> int:
-        return 3 * self.patch ** 2
+        return self.space_channels * self.patch ** 2
 
 
 def frame_ids(frames: int, grid: int) -> torch.Tensor:
@@ -71,10 +94,22 @@ class SubjectGenerator(nn.Module):
     (transformer/, text_encoder/, tokenizer/, generator_config.json)."""
 
     def __init__(self, transformer: FluxTransformer2DModel, text_encoder: CLIPTextModel, tokenizer,
-                 config: GeneratorConfig):
+                 config: GeneratorConfig, vae: AutoencoderKL | None = None, text_encoder_2=None, tokenizer_2=None):
         super().__init__()
         self.transformer, self.text_encoder, self.tokenizer, self.config = transformer, text_encoder, tokenizer, config
+        # FLUX's second text encoder (T5): per-token states come from it, the pooled one from CLIP.
+        self.text_encoder_2, self.tokenizer_2 = text_encoder_2, tokenizer_2
+        if (vae is None) != (config.latent_channels == 0):
+            raise ValueError("an autoencoder is needed exactly when config.latent_channels > 0")
+        self.vae = vae
+        if vae is not None:
+            vae.requires_grad_(False).eval()  # frozen, as FLUX's VAE
+            if vae.config.latent_channels != config.latent_channels:
+                raise ValueError(f"autoencoder has {vae.config.latent_channels} latent channels, config says "
+                                 f"{config.latent_channels}")
         expected = config.channels
+        if config.prediction not in ("velocity", "sample"):
+            raise ValueError(f"prediction must be 'velocity' or 'sample', not {config.prediction!r}")
         if transformer.config.in_channels != expected:
             raise ValueError(f"transformer in_channels {transformer.config.in_channels} != 3 * patch**2 = {expected}")
 
@@ -83,10 +118,13 @@ class SubjectGenerator(nn.Module):
     @classmethod
     def tiny(cls, config: GeneratorConfig | None = None, width: int = 128, double_blocks: int = 2,
              single_blocks: int = 4, heads: int = 4, text_hidden: int = 64, text_layers: int = 2,
-             seed: int = 0) -> "SubjectGenerator":
+             seed: int = 0, vae: AutoencoderKL | None = None) -> "SubjectGenerator":
         """A freshly initialised generator sized for the world (about 2.3M transformer
-        parameters at the defaults)."""
+        parameters at the defaults); with ``vae`` it works in that autoencoder's latent space."""
         config = config or GeneratorConfig()
+        if vae is not None:
+            factor = 2 ** (len(vae.config.block_out_channels) - 1)
+            config = replace(config, latent_channels=vae.config.latent_channels, latent_factor=factor)
         head_dim = width // heads
         rope = (head_dim - 2 * (head_dim * 3 // 8), head_dim * 3 // 8, head_dim * 3 // 8)
         tokenizer = build_tokenizer()
@@ -97,14 +135,22 @@ class SubjectGenerator(nn.Module):
             num_single_layers=single_blocks, attention_head_dim=head_dim, num_attention_heads=heads,
             joint_attention_dim=text_hidden, pooled_projection_dim=text_hidden, guidance_embeds=False,
             axes_dims_rope=rope)
-        return cls(transformer, text, tokenizer, config)
+        return cls(transformer, text, tokenizer, config, vae)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
+        if self.config.base:  # real profile: the base weights stay where they are, the adapter is saved
+            from .flux import save_lora
+
+            save_lora(self, d)
+            (d / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))
+            return d
         self.transformer.save_pretrained(d / "transformer")
         self.text_encoder.save_pretrained(d / "text_encoder")
         self.tokenizer.save_pretrained(d / "tokenizer")
+        if self.vae is not None:
+            self.vae.save_pretrained(d / "vae")
         (d / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))
         return d
 
@@ -112,28 +158,65 @@ class SubjectGenerator(nn.Module):
     def from_pretrained(cls, directory: str | Path) -> "SubjectGenerator":
         d = Path(directory)
         config = GeneratorConfig(**json.loads((d / CONFIG_NAME).read_text()))
+        if config.base:
+            from .flux import load_lora
+
+            return load_lora(d, config)
+        vae = AutoencoderKL.from_pretrained(d / "vae") if config.latent_channels else None
         return cls(FluxTransformer2DModel.from_pretrained(d / "transformer"),
                    CLIPTextModel.from_pretrained(d / "text_encoder"), AutoTokenizer.from_pretrained(d / "tokenizer"),
-                   config)
+                   config, vae)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.vae is not None:
+            self.vae.eval()  # frozen: no dropout or norm statistics to update
+        return self
 
     # --- tokens -----------------------------------------------------------------------------
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, grid*grid, 3*p*p) patch tokens in raster order."""
-        p, g = self.config.patch, self.config.grid
+        """(B, C, S, S) in the model's space -> (B, grid*grid, C*p*p) patch tokens in raster order."""
+        p, g, c = self.config.patch, self.config.grid, self.config.space_channels
         b = x.shape[0]
-        return x.reshape(b, 3, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, 3 * p * p)
+        return x.reshape(b, c, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, c * p * p)
 
     def unpack(self, tokens: torch.Tensor) -> torch.Tensor:
-        p, g = self.config.patch, self.config.grid
+        p, g, c = self.config.patch, self.config.grid, self.config.space_channels
         b = tokens.shape[0]
-        return tokens.reshape(b, g, g, 3, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, 3, g * p, g * p)
+        return tokens.reshape(b, g, g, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, c, g * p, g * p)
+
+    @torch.no_grad()
+    def encode_images(self, images) -> torch.Tensor:
+        """uint8 images (B, H, W, 3) -> (B, C, S, S) in the model's space: pixels in [-1, 1],
+        or the autoencoder's normalised latents (its posterior mean)."""
+        x = to_model(images).to(self.device)
+        if self.vae is None:
+            return x
+        z = self.vae.encode(x).latent_dist.mean
+        return (z - (self.vae.config.shift_factor or 0.0)) * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_images(self, x: torch.Tensor) -> np.ndarray:
+        """(B, C, S, S) in the model's space -> uint8 images (B, H, W, 3)."""
+        if self.vae is not None:
+            x = self.vae.decode(x / self.vae.config.scaling_factor + (self.vae.config.shift_factor or 0.0)).sample
+        return to_uint8(x)
+
+    def _space(self, images) -> torch.Tensor:
+        """Images given as uint8 arrays are encoded; float tensors are already in the model's space."""
+        if isinstance(images, torch.Tensor) and images.is_floating_point():
+            return images.to(self.device)
+        return self.encode_images(images)
 
     def encode_text(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token hidden states (B, L, D) and the pooled [EOS] state (B, D)."""
         enc = tokenize(self.tokenizer, list(prompts)).to(self.device)
         out = self.text_encoder(input_ids=enc.input_ids, attention_mask=enc.attention_mask)
-        return out.last_hidden_state, out.pooler_output
+        if self.text_encoder_2 is None:
+            return out.last_hidden_state, out.pooler_output
+        enc2 = tokenize(self.tokenizer_2, list(prompts)).to(self.device)
+        return self.text_encoder_2(input_ids=enc2.input_ids).last_hidden_state, out.pooler_output
 
     @property
     def device(self) -> torch.device:
@@ -149,31 +232,44 @@ class SubjectGenerator(nn.Module):
         hidden, pooled = text
         img_ids = frame_ids(1 + k, self.config.grid).to(x_t.device)
         txt_ids = torch.zeros(hidden.shape[1], 3, device=x_t.device)
+        extra = {"guidance": torch.full((b,), self.config.flux_guidance, device=x_t.device, dtype=x_t.dtype)} \
+            if self.transformer.config.guidance_embeds else {}
         out = self.transformer(hidden_states=seq, encoder_hidden_states=hidden, pooled_projections=pooled,
-                               timestep=t.to(x_t.dtype), img_ids=img_ids, txt_ids=txt_ids, return_dict=False)[0]
-        return out[:, :n]
+                               timestep=t.to(x_t.dtype), img_ids=img_ids, txt_ids=txt_ids, return_dict=False,
+                               **extra)[0]
+        out = out[:, :n]
+        if self.config.prediction == "sample":  # x0 -> v = (x_t - x0) / t
+            return (x_t - out) / t.to(x_t.dtype).clamp(min=self.config.min_t)[:, None, None]
+        return out
 
     def ref_tokens(self, refs: Sequence[Sequence[np.ndarray]] | torch.Tensor) -> torch.Tensor:
-        """(B, k, N, C) tokens of every sample's k references (uint8 images, same k per sample)."""
+        """(B, k, N, C) tokens of every sample's k references: uint8 images (same k per
+        sample), or a tensor (B, k, C, S, S) already in the model's space."""
         if isinstance(refs, torch.Tensor):
-            return refs
+            b, k = refs.shape[:2]
+            if k == 0:
+                return refs.new_zeros(b, 0, self.config.grid ** 2, self.config.channels)
+            return self.pack(refs.flatten(0, 1).to(self.device)).reshape(b, k, -1, self.config.channels)
         k = len(refs[0])
         if any(len(r) != k for r in refs):
             raise ValueError("every sample of a batch needs the same number of references")
         if k == 0:
             return torch.zeros(len(refs), 0, self.config.grid ** 2, self.config.channels, device=self.device)
-        flat = to_model([im for r in refs for im in r]).to(self.device)
+        flat = self.encode_images([im for r in refs for im in r])
         return self.pack(flat).reshape(len(refs), k, -1, self.config.channels)
 
     # --- training ---------------------------------------------------------------------------
 
     def forward(self, targets, prompts: Sequence[str], refs, generator: torch.Generator | None = None,
-                drop_text: float = 0.0, drop_refs: float = 0.0, drop_both: float = 0.0) -> torch.Tensor:
+                drop_text: float = 0.0, drop_refs: float = 0.0, drop_both: float = 0.0, masks=None,
+                subject_weight: float = 1.0) -> torch.Tensor:
         """Flow-matching loss of one batch: uint8 targets (B, H, W, 3), prompts, references
         (B lists of k uint8 images). Condition dropout: each sample independently loses its
         prompt (-> ""), its references (-> blank), or both, with the given probabilities.
+        ``masks`` (B, H, W), nonzero on subjects, with ``subject_weight`` > 1 weight the subjects'
+        pixels that much more than the background's (normalised to a mean weight of 1).
         The loss is the forward pass, so that DDP (which hooks ``forward``) syncs its gradients."""
-        x0 = self.pack(to_model(targets).to(self.device))
+        x0 = self.pack(self._space(targets))
         b = x0.shape[0]
         ref = self.ref_tokens(refs)
         u = torch.rand(b, generator=generator, device="cpu").to(self.device)
@@ -186,7 +282,13 @@ class SubjectGenerator(nn.Module):
         eps = torch.randn(x0.shape, generator=generator).to(self.device)
         x_t = (1 - t)[:, None, None] * x0 + t[:, None, None] * eps
         v = self.velocity(x_t, t, self.encode_text(prompts), ref)
-        return F.mse_loss(v, eps - x0)
+        if masks is None or subject_weight == 1.0:
+            return F.mse_loss(v, eps - x0)
+        m = torch.as_tensor(np.asarray(masks) > 0, dtype=x0.dtype, device=x0.device)[:, None]
+        if self.config.space_size != m.shape[-1]:  # a latent covers a block of pixels: any subject in it counts
+            m = F.adaptive_max_pool2d(m, self.config.space_size)
+        w = self.pack((1.0 + (subject_weight - 1.0) * m).expand(-1, self.config.space_channels, -1, -1))
+        return ((v - (eps - x0)) ** 2 * w).sum() / w.sum()
 
     loss = forward
 
@@ -224,7 +326,7 @@ class SubjectGenerator(nn.Module):
                 x_next = x + (t_next - t) * v
             x = x_next
             latents.append(x)
-        out = {"images": to_uint8(self.unpack(x))}
+        out = {"images": self.decode_images(self.unpack(x))}
         if sde:
             out.update(log_probs=torch.stack(log_probs, 1), latents=torch.stack(latents, 1))
         return out

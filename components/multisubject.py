@@ -1,0 +1,268 @@
+"""multisubject stage: PSR's multi-subject data bootstrapping.
+
+PSR builds multi-subject training pairs without multi-subject references: a multi-subject image
+is made first (here: rendered, ``data/multi``), then
+
+1. the grounding judge finds each subject by its category in that image and crops it;
+2. the single-subject model (``models/pretrain``) redraws each crop in a new scene (another
+   background, named in a single-subject prompt), and those regenerations become the references;
+3. the reward judges compare each regeneration with the subject it came from (encoder cosine of
+   the grounded crops); a pair keeps only if every one of its references reaches the threshold.
+
+Each subject ends with a status: ``kept``, ``not_in_target`` (the grounder missed it in the
+scene), ``not_in_reference`` (the regeneration shows no such subject) or ``inconsistent``
+(cosine below the threshold). The bootstrapped dataset (``data/multisubject``, the same manifest
+layout, ``split = multisubject``) must pass the validation gate before it is published. Reports:
+per-subject statuses and similarities, kept fraction per subset, why pairs were dropped, the
+similarity histogram with the threshold, and grids of kept and dropped pairs.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from .config import Params  # noqa: E402
+from .datasets import MANIFEST, read_manifest  # noqa: E402
+from .grids import grid, load_rgb  # noqa: E402
+from .io import atomic_dir, write_text_atomic  # noqa: E402
+from .judges.base import Box, JudgeSet, crop_subject  # noqa: E402
+from .judges.sets import load_judge_set  # noqa: E402
+from .models.generator import SubjectGenerator  # noqa: E402
+from .stage import path_field, stage_main  # noqa: E402
+from .world import backgrounds  # noqa: E402
+
+SPLIT = "multisubject"
+STATUSES = ("kept", "not_in_target", "not_in_reference", "inconsistent")
+
+
+@dataclass
+class MultisubjectPaths:
+    data: Path = path_field("the rendered multi-subject dataset (data/multi)")
+    bench: Path = path_field("the benchmark dataset (data/bench), for the gate's leakage check")
+    generator: Path = path_field("the single-subject generator (models/pretrain)")
+    judges: Path = path_field("the judges stage's output (models/judges)")
+    out: Path = path_field("folder receiving the bootstrapped dataset (data/multisubject)")
+    reports: Path = path_field("folder for statuses, summary, grids and the gate's reports")
+
+
+def isolate(image: np.ndarray, box: Box, subject_size: int) -> np.ndarray:
+    """The subject in ``box`` as a single-subject model's reference looks: its square crop
+    scaled to ``subject_size`` pixels, centred in an image of the same size as ``image``, the
+    surround continued from the crop's edges."""
+    h, w = image.shape[:2]
+    side = min(subject_size, h, w)
+    crop = crop_subject(image, box, size=side, pad=0.1)
+    top, left = (h - side) // 2, (w - side) // 2
+    return np.pad(crop, ((top, h - side - top), (left, w - side - left), (0, 0)), mode="edge")
+
+
+def regeneration_prompt(category: str, background: str) -> str:
+    """A single-subject prompt, as the pretraining data words them."""
+    return f"the {category} from image 1 {backgrounds.PHRASES[background]}"
+
+
+def new_backgrounds(rng: np.random.Generator, avoid: list[str]) -> list[str]:
+    """One background per subject, each different from the scene's own (``avoid``)."""
+    return [str(rng.choice([b for b in backgrounds.SCENE_BACKGROUNDS if b != a])) for a in avoid]
+
+
+def regenerate(model: SubjectGenerator, inputs: list[np.ndarray], prompts: list[str], batch_size: int,
+               steps: int, guidance: float, seed: int) -> list[np.ndarray]:
+    """The single-subject model's image for each (isolated subject, prompt), in batches."""
+    out: list[np.ndarray] = []
+    for b, start in enumerate(range(0, len(inputs), batch_size)):
+        chunk = slice(start, start + batch_size)
+        out += list(model.sample(prompts[chunk], [[x] for x in inputs[chunk]], steps=steps, guidance=guidance,
+                                 seed=seed + b)["images"])
+    return out
+
+
+def consistency(judges: JudgeSet, targets: list[np.ndarray], target_boxes: list[Box], regens: list[np.ndarray],
+                categories: list[str], crop_size: int) -> tuple[list[Box | None], np.ndarray]:
+    """Ground each category in its regeneration and compare the encoder embeddings of the
+    subject's crop in the target and in the regeneration. Returns the regeneration boxes (None:
+    not found) and the cosines (NaN where not found)."""
+    found = judges.grounder.ground(regens, categories)
+    boxes = [g.box for g in found]
+    sims = np.full(len(regens), np.nan, np.float32)
+    idx = [i for i, b in enumerate(boxes) if b is not None]
+    if idx:
+        a = judges.encoder.embed([crop_subject(targets[i], target_boxes[i], crop_size) for i in idx])
+        b = judges.encoder.embed([crop_subject(regens[i], boxes[i], crop_size) for i in idx])
+        sims[idx] = np.sum(a * b, axis=1)
+    return boxes, sims
+
+
+def pair_status(statuses: list[str]) -> str:
+    """A pair keeps only if all its subjects do; otherwise it is dropped for its first failure
+    in the order of STATUSES (a subject missing in the scene outranks an inconsistent one)."""
+    for s in STATUSES[1:]:
+        if s in statuses:
+            return s
+    return "kept"
+
+
+def _save(arr: np.ndarray, path: Path) -> None:
+    Image.fromarray(arr).save(path, optimize=False, compress_level=1)
+
+
+def _histogram(subjects: pd.DataFrame, threshold: float, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    sims = subjects["similarity"].dropna()
+    ax.hist(sims, bins=40, color="#4c72b0")
+    ax.axvline(threshold, color="#c44e52", ls="--", label=f"threshold {threshold}")
+    ax.set_xlabel("cosine(regenerated reference, subject in scene)")
+    ax.set_ylabel("subjects")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(params: Params, paths: MultisubjectPaths) -> dict:
+    """Bootstrap multi-subject pairs from ``paths.data`` with the single-subject generator,
+    filter them with the reward judges, validate and publish them to ``paths.out``."""
+    from .validate import bench_identities, validate_datasets
+
+    cfg, t0 = params.multisubject, time.perf_counter()
+    manifest = read_manifest(paths.data)
+    if cfg.max_scenes is not None and cfg.max_scenes < len(manifest):
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(manifest), cfg.max_scenes, replace=False))
+        manifest = manifest.iloc[keep].reset_index(drop=True)
+    judges = load_judge_set(paths.judges / cfg.judge_set, params.judges)
+    model = SubjectGenerator.from_pretrained(paths.generator).eval()
+    rng = np.random.default_rng(cfg.seed)
+
+    # One row per (scene, subject).
+    targets = [load_rgb(paths.data / t) for t in manifest.target]
+    subj = pd.DataFrame([{"row": i, "sample_id": r.id, "subset": r.subset, "k": k, "category": c}
+                         for i, r in enumerate(manifest.itertuples()) for k, c in enumerate(r.categories)])
+    subj["background"] = [b for r in manifest.itertuples() for b in new_backgrounds(rng, [r.background] * len(r.categories))]
+
+    # 1. ground every subject in its scene
+    grounded = judges.grounder.ground([targets[i] for i in subj.row], list(subj.category))
+    subj["target_box"] = [g.box for g in grounded]
+    t_ground = time.perf_counter()
+
+    # 2. regenerate the found ones in a new scene
+    todo = [j for j, b in enumerate(subj.target_box) if b is not None]
+    inputs = [isolate(targets[subj.row[j]], subj.target_box[j], cfg.subject_size) for j in todo]
+    prompts = [regeneration_prompt(subj.category[j], subj.background[j]) for j in todo]
+    subj["prompt"] = None
+    subj.loc[todo, "prompt"] = prompts
+    regens = regenerate(model, inputs, prompts, cfg.batch_size, cfg.sample_steps, cfg.guidance, cfg.seed)
+    t_regen = time.perf_counter()
+
+    # 3. keep the consistent ones
+    boxes, sims = consistency(judges, [targets[subj.row[j]] for j in todo], [subj.target_box[j] for j in todo],
+                              regens, [subj.category[j] for j in todo], params.judges.crop_size)
+    subj["ref_box"], subj["similarity"] = None, np.nan
+    subj["ref_box"] = subj["ref_box"].astype(object)
+    for j, b, s in zip(todo, boxes, sims):
+        subj.at[j, "ref_box"], subj.at[j, "similarity"] = b, s
+    subj["status"] = [
+        "not_in_target" if tb is None else "not_in_reference" if rb is None else
+        "inconsistent" if s < cfg.threshold else "kept"
+        for tb, rb, s in zip(subj.target_box, subj.ref_box, subj.similarity)]
+    regen_of = dict(zip(todo, regens))
+    input_of = dict(zip(todo, inputs))
+    pairs = subj.groupby("row")["status"].agg(lambda s: pair_status(list(s)))
+
+    # 4. write the dataset, gate it, publish it
+    paths.reports.mkdir(parents=True, exist_ok=True)
+    kept_rows = [i for i in range(len(manifest)) if pairs[i] == "kept"]
+    with atomic_dir(paths.out) as tmp:
+        (tmp / "images").mkdir()
+        records = []
+        for i in kept_rows:
+            rec = manifest.iloc[i].to_dict()
+            sid = f"{SPLIT}-{i:06d}"
+            shutil.copyfile(paths.data / rec["target"], tmp / "images" / f"{sid}.png")
+            shutil.copyfile(paths.data / rec["mask"], tmp / "images" / f"{sid}_mask.png")
+            rows = subj[subj.row == i].sort_values("k")
+            refs, ref_boxes, ref_scenes = [], [], []
+            for j, s in zip(rows.index, rows.itertuples()):
+                rel = f"images/{sid}_ref{s.k + 1}.png"
+                _save(regen_of[j], tmp / rel)
+                refs.append(rel)
+                ref_boxes.append([int(v) for v in s.ref_box])
+                ref_scenes.append(json.dumps({"generated_by": str(paths.generator), "prompt": s.prompt,
+                                              "background": s.background, "similarity": round(float(s.similarity), 4),
+                                              "source": rec["id"]}))
+            rec.update(id=sid, split=SPLIT, target=f"images/{sid}.png", mask=f"images/{sid}_mask.png", refs=refs,
+                       ref_boxes=ref_boxes, ref_scenes=ref_scenes)
+            records.append(rec)
+        out = pd.DataFrame(records, columns=list(manifest.columns))
+        out.to_parquet(tmp / MANIFEST, index=False)
+        gate = validate_datasets(params, {SPLIT: tmp}, paths.reports / "validate", bench_identities(paths.bench))
+
+    # 5. reports
+    subj.assign(target_box=subj.target_box.map(lambda b: None if b is None else list(b)),
+                ref_box=subj.ref_box.map(lambda b: None if b is None else list(b))
+                ).drop(columns="row").to_csv(paths.reports / "subjects.csv", index=False)
+    scenes = manifest[["id", "subset"]].assign(status=[pairs[i] for i in range(len(manifest))])
+    scenes.to_csv(paths.reports / "pairs.csv", index=False)
+    _histogram(subj, cfg.threshold, paths.reports / "similarity.png")
+    _example_grids(manifest, targets, subj, pairs, input_of, regen_of, cfg.grid_rows, paths.reports)
+
+    per_subset = scenes.groupby("subset")["status"].apply(lambda s: round(float((s == "kept").mean()), 4)).to_dict()
+    dropped = {s: int((scenes.status == s).sum()) for s in STATUSES[1:]}
+    subjects_by_status = {s: int((subj.status == s).sum()) for s in STATUSES}
+    metrics = {
+        "scenes": len(manifest), "kept": len(kept_rows), "kept_fraction": round(len(kept_rows) / max(len(manifest), 1), 4),
+        "kept_fraction_by_subset": per_subset, "dropped_by_reason": dropped, "subjects": len(subj),
+        "subjects_by_status": subjects_by_status, "regenerations": len(todo),
+        "similarity_mean": round(float(np.nanmean(subj.similarity)), 4) if len(todo) else None,
+        "regenerations_per_second": round(len(todo) / max(t_regen - t_ground, 1e-9), 2),
+        "seconds": round(time.perf_counter() - t0, 2), "gate": {"success": gate["success"],
+                                                                 "expectations": gate[SPLIT]["expectations"]},
+    }
+    lines = ["# Multi-subject bootstrapping", "",
+             f"{len(kept_rows)} of {len(manifest)} pairs kept ({metrics['kept_fraction']:.1%}); threshold "
+             f"{cfg.threshold} on the {cfg.judge_set} judges' encoder cosine.", "",
+             "| subset | scenes | kept fraction |", "|---|---|---|"]
+    lines += [f"| {k} | {int((scenes.subset == k).sum())} | {v:.1%} |" for k, v in per_subset.items()]
+    lines += ["", "| pairs dropped because a subject was | pairs |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in dropped.items()]
+    lines += ["", "| subject status | subjects |", "|---|---|"] + [f"| {k} | {v} |" for k, v in subjects_by_status.items()]
+    write_text_atomic(paths.reports / "summary.md", "\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+    return metrics
+
+
+def _example_grids(manifest, targets, subj, pairs, input_of, regen_of, rows: int, reports: Path) -> None:
+    """kept.png and dropped.png: per row the crops given to the model, then its regenerations
+    | the scene."""
+    for name, want in (("kept", lambda s: s == "kept"), ("dropped", lambda s: s != "kept")):
+        chosen = [i for i in range(len(manifest)) if want(pairs[i])][:rows]
+        cells = []
+        for i in chosen:
+            sub = subj[subj.row == i].sort_values("k")
+            images = []
+            for j in sub.index:
+                if j in input_of:
+                    images += [input_of[j], regen_of[j]]
+            label = "; ".join(f"{r.category}: {r.status}" + ("" if np.isnan(r.similarity) else f" {r.similarity:.2f}")
+                              for r in sub.itertuples())
+            cells.append((images or [targets[i]], targets[i], f"{manifest.id[i]} ({pairs[i]}) {label}"))
+        if cells:
+            grid(cells, max_refs=8).save(reports / f"{name}.png")
+
+
+def main(argv=None) -> int:
+    return stage_main(SPLIT, run, MultisubjectPaths, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

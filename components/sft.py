@@ -1,0 +1,38 @@
+"""sft stage: multi-subject supervised fine-tuning (PSR's second step).
+
+Starts from the pretrained single-subject generator (``models/pretrain``) and trains it with the
+shared loop on the bootstrapped pairs (``data/multisubject``), so that one sequence carries 2, 3
+or 4 references. Each batch has one reference count, drawn with ``sft.ref_count_probs``.
+Output: a ``save_pretrained`` generator folder (``models/sft``), loss history and sample grids.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Params
+from .models.fit import run_fit
+from .stage import path_field, stage_main
+
+
+@dataclass
+class SftPaths:
+    data: Path = path_field("the bootstrapped multi-subject dataset (data/multisubject)")
+    init: Path = path_field("the generator to start from (models/pretrain)")
+    out: Path = path_field("folder receiving the trained generator (models/sft)")
+    reports: Path = path_field("folder for the loss history and sample grids")
+
+
+def run(params: Params, paths: SftPaths) -> dict:
+    """Fine-tune ``paths.init`` on the multi-subject pairs in ``paths.data``."""
+    cfg = params.sft
+    return run_fit("sft", params, cfg, paths.data, paths.out, paths.reports, init=paths.init,
+                   ref_count_probs=dict(cfg.ref_count_probs))
+
+
+def main(argv=None) -> int:
+    return stage_main("sft", run, SftPaths, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
