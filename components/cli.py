@@ -134,19 +134,27 @@ def cmd_generate(args) -> int:
 
 
 def _stop_groups(procs: list[subprocess.Popen], grace: float = 15.0) -> None:
-    """SIGINT every process group, then SIGKILL what is still alive after ``grace`` seconds."""
+    """SIGINT every server's process group, then SIGKILL whatever of it, or of any process it
+    started (some start theirs in a new session), is alive after ``grace`` seconds."""
+    import psutil
+
+    family = []
     for p in procs:
+        with contextlib.suppress(psutil.Error):
+            family += psutil.Process(p.pid).children(recursive=True)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(p.pid, signal.SIGINT)
     deadline = time.time() + grace
     for p in procs:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(timeout=max(deadline - time.time(), 0.1))
-        except subprocess.TimeoutExpired:
-            pass
-    for p in procs:  # workers may outlive their parent: kill the whole group
+    for p in procs:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(p.pid, signal.SIGKILL)
+    for child in family:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    for p in procs:
         p.wait()
 
 
