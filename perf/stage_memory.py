@@ -36,8 +36,12 @@ BASELINE = ("import resource, torch, diffusers, transformers, accelerate, mlflow
 
 def _stage(project: Path, module: str, args: list[str], env: dict) -> dict:
     name = module.rsplit(".", 1)[-1]
-    subprocess.run([sys.executable, "-m", module, "--params", "params.yaml", *args, "--metrics", f"metrics/{name}.json"],
-                   cwd=project, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (project / "metrics").mkdir(exist_ok=True)
+    r = subprocess.run([sys.executable, "-m", module, "--params", "params.yaml", *args, "--metrics",
+                        f"metrics/{name}.json"], cwd=project, env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
+    if r.returncode:
+        raise SystemExit(f"{module} failed:\n{r.stderr[-3000:]}")
     return json.loads((project / "metrics" / f"{name}.json").read_text())
 
 
@@ -49,7 +53,7 @@ def main() -> None:
     for section in ("pretrain", "sft"):
         params[section].update(steps=args.steps, checkpoint_every=0, sample_every=0, grid_rows=2)
     for k in ("encoder_steps", "grounder_steps", "semantic_steps", "aesthetic_steps"):
-        params["judges"][k] = args.steps
+        params["judges"][k] = max(args.steps, 50)  # their one-cycle schedules need some room
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1"}
     env.pop("SUBJECTFLOW_MLFLOW_RUN_ID", None)
     with tempfile.TemporaryDirectory() as tmp:
