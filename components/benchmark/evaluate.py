@@ -15,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from .. import world
 from ..config import Params
 from ..datasets import read_manifest
-from ..grids import grid
+from ..grids import grid, load_rgb
 from ..judges.base import JudgeSet
 from ..judges.sets import load_judge_set
 from ..rewards import make_reward
@@ -46,11 +45,6 @@ class BenchRow:
     meta: dict
 
 
-def _load_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
 def load_bench(bench_dir: Path, per_subset: int | None = None) -> tuple[list[BenchRow], int]:
     """Benchmark rows (references loaded) in subset order, and the image side."""
     m = read_manifest(bench_dir)
@@ -58,7 +52,7 @@ def load_bench(bench_dir: Path, per_subset: int | None = None) -> tuple[list[Ben
         m = m.groupby("subset", sort=False).head(per_subset)
     rows = []
     for r in m.itertuples(index=False):
-        refs = [_load_rgb(bench_dir / p) for p in r.refs]
+        refs = [load_rgb(bench_dir / p) for p in r.refs]
         meta = {"refs": refs, "categories": list(r.categories), "claims": json.loads(r.claims), "scene": r.scene,
                 "ref_boxes": [tuple(int(v) for v in b) for b in r.ref_boxes]}
         rows.append(BenchRow(r.id, r.subset, r.prompt, refs, meta))
