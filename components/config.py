@@ -159,6 +159,8 @@ class MultisubjectParams(Section):
     subject_size: Annotated[int, Field(ge=4)] = Field(
         20, description="Side in pixels of the subject crop given to the single-subject model, centred.")
     batch_size: Annotated[int, Field(ge=1)] = Field(64, description="Regenerations per sampler call.")
+    candidates: Annotated[int, Field(ge=1)] = Field(
+        1, description="Regenerations per subject (different seeds); the most consistent one is judged.")
     sample_steps: Annotated[int, Field(ge=1)] = Field(20, description="ODE steps per regeneration.")
     guidance: Annotated[float, Field(ge=1)] = Field(1.0, description="CFG scale of the regenerations.")
     grid_rows: Annotated[int, Field(ge=1, le=64)] = Field(8, description="Rows of the kept / dropped example grids.")

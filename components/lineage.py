@@ -155,17 +155,22 @@ def _code_from_message(msg: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _locked(root: str | Path, name: str, kind: str) -> dict[str, str]:
+def _lock_stages(root: str | Path) -> dict:
     lock = Path(root) / "dvc.lock"
-    if not lock.exists():
-        return {}
-    stage = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get(name, {})
+    return (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.exists() else {}
+
+
+def _locked(root: str | Path, name: str, kind: str) -> dict[str, str]:
+    stage = _lock_stages(root).get(name, {})
     return {e["path"]: e.get("md5", "") for e in stage.get(kind, [])}
 
 
-def locked_outs(root: str | Path, name: str) -> dict[str, str]:
-    """{out path: md5} recorded for stage ``name`` in dvc.lock ({} before its first run)."""
-    return _locked(root, name, "outs")
+def locked_outs(root: str | Path, name: str | None = None) -> dict[str, str]:
+    """{out path: md5} recorded for stage ``name`` in dvc.lock ({} before its first run);
+    without ``name``, the outputs of every locked stage (dvc.lock read once)."""
+    if name is not None:
+        return _locked(root, name, "outs")
+    return {e["path"]: e.get("md5", "") for stage in _lock_stages(root).values() for e in stage.get("outs", [])}
 
 
 def locked_deps(root: str | Path, name: str) -> dict[str, str]:

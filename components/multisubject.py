@@ -6,6 +6,8 @@ is made first (here: rendered, ``data/multi``), then
 1. the grounding judge finds each subject by its category in that image and crops it;
 2. the single-subject model (``models/pretrain``) redraws each crop in a new scene (another
    background, named in a single-subject prompt), and those regenerations become the references;
+   with ``candidates`` > 1 each crop is redrawn that many times (other sampler seeds) and the
+   redraw most consistent with the subject is the one judged (best of n);
 3. the reward judges compare each regeneration with the subject it came from (encoder cosine of
    the grounded crops); a pair keeps only if every one of its references reaches the threshold.
 
@@ -44,6 +46,7 @@ from .world import backgrounds  # noqa: E402
 
 SPLIT = "multisubject"
 STATUSES = ("kept", "not_in_target", "not_in_reference", "inconsistent")
+SEED_STRIDE = 100_003  # sampler seed offset between candidates (more than any run has batches)
 
 
 @dataclass
@@ -104,6 +107,27 @@ def consistency(judges: JudgeSet, targets: list[np.ndarray], target_boxes: list[
     return boxes, sims
 
 
+def best_candidates(model: SubjectGenerator, judges: JudgeSet, targets: list[np.ndarray], target_boxes: list[Box],
+                    inputs: list[np.ndarray], prompts: list[str], categories: list[str], cfg, crop_size: int):
+    """``cfg.candidates`` regenerations of every input (sampler seeds ``cfg.seed + c * SEED_STRIDE``),
+    each judged by ``consistency``; per input the candidate with the highest cosine (one the
+    grounder found beats one it did not). Returns (regenerations, boxes, cosines)."""
+    best_regen: list[np.ndarray] = []
+    best_box: list[Box | None] = []
+    best_sim = np.full(len(inputs), np.nan, np.float32)
+    for c in range(cfg.candidates):
+        regens = regenerate(model, inputs, prompts, cfg.batch_size, cfg.sample_steps, cfg.guidance,
+                            cfg.seed + c * SEED_STRIDE)
+        boxes, sims = consistency(judges, targets, target_boxes, regens, categories, crop_size)
+        if c == 0:
+            best_regen, best_box, best_sim = list(regens), list(boxes), sims
+            continue
+        better = np.nan_to_num(sims, nan=-np.inf) > np.nan_to_num(best_sim, nan=-np.inf)
+        for i in np.flatnonzero(better):
+            best_regen[i], best_box[i], best_sim[i] = regens[i], boxes[i], sims[i]
+    return best_regen, best_box, best_sim
+
+
 def pair_status(statuses: list[str]) -> str:
     """A pair keeps only if all its subjects do; otherwise it is dropped for its first failure
     in the order of STATUSES (a subject missing in the scene outranks an inconsistent one)."""
@@ -161,12 +185,12 @@ def run(params: Params, paths: MultisubjectPaths) -> dict:
     prompts = [regeneration_prompt(subj.category[j], subj.background[j]) for j in todo]
     subj["prompt"] = None
     subj.loc[todo, "prompt"] = prompts
-    regens = regenerate(model, inputs, prompts, cfg.batch_size, cfg.sample_steps, cfg.guidance, cfg.seed)
+    # 3. judge them; with several candidates per subject, the most consistent one stands
+    regens, boxes, sims = best_candidates(
+        model, judges, [targets[subj.row[j]] for j in todo], [subj.target_box[j] for j in todo], inputs, prompts,
+        [subj.category[j] for j in todo], cfg, params.judges.crop_size)
     t_regen = time.perf_counter()
 
-    # 3. keep the consistent ones
-    boxes, sims = consistency(judges, [targets[subj.row[j]] for j in todo], [subj.target_box[j] for j in todo],
-                              regens, [subj.category[j] for j in todo], params.judges.crop_size)
     subj["ref_box"], subj["similarity"] = None, np.nan
     subj["ref_box"] = subj["ref_box"].astype(object)
     for j, b, s in zip(todo, boxes, sims):
@@ -182,6 +206,7 @@ def run(params: Params, paths: MultisubjectPaths) -> dict:
     # 4. write the dataset, gate it, publish it
     paths.reports.mkdir(parents=True, exist_ok=True)
     kept_rows = [i for i in range(len(manifest)) if pairs[i] == "kept"]
+    subjects_of = {i: g.sort_values("k") for i, g in subj.groupby("row")}
     with atomic_dir(paths.out) as tmp:
         (tmp / "images").mkdir()
         records = []
@@ -190,7 +215,7 @@ def run(params: Params, paths: MultisubjectPaths) -> dict:
             sid = f"{SPLIT}-{i:06d}"
             shutil.copyfile(paths.data / rec["target"], tmp / "images" / f"{sid}.png")
             shutil.copyfile(paths.data / rec["mask"], tmp / "images" / f"{sid}_mask.png")
-            rows = subj[subj.row == i].sort_values("k")
+            rows = subjects_of[i]
             refs, ref_boxes, ref_scenes = [], [], []
             for j, s in zip(rows.index, rows.itertuples()):
                 rel = f"images/{sid}_ref{s.k + 1}.png"
@@ -224,7 +249,8 @@ def run(params: Params, paths: MultisubjectPaths) -> dict:
         "kept_fraction_by_subset": per_subset, "dropped_by_reason": dropped, "subjects": len(subj),
         "subjects_by_status": subjects_by_status, "regenerations": len(todo),
         "similarity_mean": round(float(np.nanmean(subj.similarity)), 4) if len(todo) else None,
-        "regenerations_per_second": round(len(todo) / max(t_regen - t_ground, 1e-9), 2),
+        "candidates": cfg.candidates,
+        "regenerations_per_second": round(len(todo) * cfg.candidates / max(t_regen - t_ground, 1e-9), 2),
         "seconds": round(time.perf_counter() - t0, 2), "gate": {"success": gate["success"],
                                                                  "expectations": gate[SPLIT]["expectations"]},
     }

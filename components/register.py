@@ -31,12 +31,10 @@ class RegisterPaths:
 
 def lineage_tags(root: Path) -> dict[str, str]:
     """``dvc.<path>`` -> md5 for every LINEAGE path in dvc.lock, plus the git commit."""
-    from .lineage import locked_outs, stages
+    from .lineage import locked_outs
     from .tracking import git_tags
 
-    outs: dict[str, str] = {}
-    for info in stages(root):
-        outs.update(locked_outs(root, info.name))
+    outs = locked_outs(root)
     return {**git_tags(root), **{f"dvc.{p}": outs[p] for p in LINEAGE if p in outs}}
 
 

@@ -9,7 +9,8 @@ import pytest
 from components.config import JudgesParams
 from components.judges import Grounder, SubjectEncoder, crop_subject
 from components.judges import data as judge_data
-from components.judges.encoder import PATCH, EncoderNet, WorldEncoder, _patch_pair, evaluate_encoder, train_encoder
+from components.judges.encoder import (PATCH, EncoderNet, LookAlikes, WorldEncoder, _patch_pair, evaluate_encoder,
+                                       shuffle_subject, train_encoder)
 from components.judges.grounding import GrounderNet, WorldGrounder, evaluate_grounder, train_grounder
 
 # Tiny networks and few steps: the whole file must stay well under a minute on 2 cores.
@@ -95,8 +96,38 @@ def test_encoder_training_lowers_the_loss_and_evaluates(world, encoder):
     assert len(losses) == CFG.encoder_steps and np.isfinite(losses).all()
     assert np.mean(losses[-8:]) < np.mean(losses[:8])
     m = evaluate_encoder(enc, world[1], n_candidates=8)
-    assert set(m) >= {"retrieval_top1", "cos_pos", "cos_neg"}
+    assert set(m) >= {"retrieval_top1", "cos_pos", "cos_neg", "lookalike_acc", "cos_lookalike", "shuffle_acc",
+                      "cos_shuffled"}
     assert 0 <= m["retrieval_top1"] <= 1 and m["cos_pos"] > m["cos_neg"]
+    assert 0 <= m["shuffle_acc"] <= 1 and -1 <= m["cos_shuffled"] <= 1
+
+
+def test_shuffled_subject_keeps_its_colours_not_its_shape():
+    rng = np.random.default_rng(0)
+    crop = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    out = shuffle_subject(crop, rng)
+    lo, hi = 5, 27  # the central 70%: round(32 * 0.15) = 5
+    assert np.array_equal(out[:lo], crop[:lo]) and np.array_equal(out[hi:], crop[hi:])
+    assert not np.array_equal(out[lo:hi, lo:hi], crop[lo:hi, lo:hi])
+    key = lambda a: sorted(map(tuple, a.reshape(-1, 3)))  # noqa: E731
+    assert key(out[lo:hi, lo:hi]) == key(crop[lo:hi, lo:hi])
+
+
+def test_look_alikes_share_colours_and_differ_in_shape(world):
+    data = world[0]
+    looks = LookAlikes(data)
+    rng = np.random.default_rng(0)
+    found = 0
+    for scene in data.scenes:
+        for fact in scene.subjects:
+            hit = looks.pick(fact.identity, rng)
+            if hit is None:
+                continue
+            found += 1
+            mine, other = fact.identity.split("|"), hit[2].split("|")
+            assert mine[1:-2] == other[1:-2] and (mine[0], mine[-2]) != (other[0], other[-2])
+            assert data.scenes[hit[0]].subjects[hit[1]].identity == hit[2]
+    assert found > 0
 
 
 def test_encoder_save_load_round_trip(world, encoder, tmp_path):

@@ -70,15 +70,18 @@ def staged(judge_world, tmp_path, monkeypatch):
                 regenerations.append(np.zeros((32, 32, 3), np.uint8))
             else:  # a perfect redraw: the subject exactly as in the scene
                 regenerations.append(truth.render(scene))
-    calls = {}
+    calls = {"seeds": []}
 
     def fake_regenerate(model, inputs, prompts, batch_size, steps, guidance, seed):
         calls.update(inputs=inputs, prompts=prompts)
+        calls["seeds"].append(seed)
         return regenerations[:len(inputs)]
 
     monkeypatch.setattr(multisubject, "load_judge_set", lambda *a, **k: judges)
     monkeypatch.setattr(multisubject.SubjectGenerator, "from_pretrained", classmethod(lambda cls, p: NoModel()))
     monkeypatch.setattr(multisubject, "regenerate", fake_regenerate)
+    calls["perfect"] = [truth.render(Scene.from_dict(json.loads(s))) for s, n in zip(manifest.scene, manifest.n_subjects)
+                        for _ in range(n)]
     paths = MultisubjectPaths(data=data / "multi", bench=data / "bench", generator=tmp_path / "pretrain",
                               judges=tmp_path / "judges", out=tmp_path / "multisubject", reports=tmp_path / "reports")
     return manifest, paths, calls
@@ -114,6 +117,23 @@ def test_bootstrapping_keeps_consistent_pairs_and_says_why_others_were_dropped(s
     assert len(row.refs) == len(src.refs) and all((paths.out / r).is_file() for r in row.refs)
     for name in ("summary.md", "similarity.png", "kept.png", "dropped.png", "pairs.csv", "validate/summary.md"):
         assert (paths.reports / name).is_file(), name
+
+
+def test_the_most_consistent_of_several_candidates_is_judged(staged, monkeypatch):
+    """Two candidates per subject: the first sampler seed gives the flawed regenerations of
+    the fixture, the second perfect ones; every subject then keeps its perfect candidate."""
+    manifest, paths, calls = staged
+    flawed = multisubject.regenerate
+
+    def two_kinds(model, inputs, prompts, batch_size, steps, guidance, seed):
+        first = flawed(model, inputs, prompts, batch_size, steps, guidance, seed)
+        return first if seed < multisubject.SEED_STRIDE else calls["perfect"][:len(inputs)]
+
+    monkeypatch.setattr(multisubject, "regenerate", two_kinds)
+    m = multisubject.run(Params.model_validate({"multisubject": {"threshold": 0.9, "candidates": 2, "seed": 5}}), paths)
+    assert calls["seeds"] == [5, 5 + multisubject.SEED_STRIDE]
+    assert m["kept"] == len(manifest) and m["candidates"] == 2
+    assert m["dropped_by_reason"] == {"not_in_target": 0, "not_in_reference": 0, "inconsistent": 0}
 
 
 def test_the_gate_rejects_a_bootstrapped_dataset_with_nothing_kept(staged, monkeypatch):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.training import LoopConfig, latest_checkpoint, schedule, step_randomness
+from components.training import EMA, LoopConfig, latest_checkpoint, schedule, step_randomness
 
 SCRIPT = Path(__file__).parent / "scripts" / "train_toy.py"
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +43,22 @@ def test_schedule_warms_up_then_decays():
     f = schedule(LoopConfig(steps=10, batch_size=1, lr=1.0, warmup_steps=2))
     assert [round(f(s), 3) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
     assert f(10) == pytest.approx(0.1) and f(6) < f(3)
+
+
+def test_ema_warms_up_and_round_trips():
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = EMA(model, 0.999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # first decay (1 + 0) / (10 + 0) = 0.1: the average is mostly the new weights
+    assert torch.allclose(ema.shadow.weight, torch.full((1, 2), 0.9))
+    assert ema.current_decay() == pytest.approx(2 / 11)
+    ema.updates = 9000  # (1 + n) / (10 + n) passes 0.999 after 8991 updates: capped from there
+    assert ema.current_decay() == 0.999
+    clone = EMA(torch.nn.Linear(2, 1, bias=False), 0.999)
+    clone.load_state_dict(ema.state_dict())
+    assert clone.updates == ema.updates and torch.equal(clone.shadow.weight, ema.shadow.weight)
 
 
 def test_step_randomness_is_a_function_of_its_coordinates():
