@@ -133,21 +133,31 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _stop_groups(procs: list[subprocess.Popen], grace: float = 15.0) -> None:
-    """SIGINT every server's process group, then SIGKILL whatever of it, or of any process it
-    started (some start theirs in a new session), is alive after ``grace`` seconds."""
+def _descendants(procs: list[subprocess.Popen]) -> list:
     import psutil
 
-    family = []
+    found = []
     for p in procs:
         with contextlib.suppress(psutil.Error):
-            family += psutil.Process(p.pid).children(recursive=True)
+            found += psutil.Process(p.pid).children(recursive=True)
+    return found
+
+
+def _stop_groups(procs: list[subprocess.Popen], grace: float = 15.0) -> None:
+    """SIGTERM every server's process group (SIGINT may be ignored in it), then SIGKILL
+    whatever of it, or of any process it started (some start theirs in a new session, some only
+    while running), is alive after ``grace`` seconds."""
+    import psutil
+
+    family = _descendants(procs)
+    for p in procs:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGINT)
+            os.killpg(p.pid, signal.SIGTERM)
     deadline = time.time() + grace
     for p in procs:
         with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(timeout=max(deadline - time.time(), 0.1))
+    family += _descendants(procs)  # started since the first look, by a server still alive
     for p in procs:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(p.pid, signal.SIGKILL)
@@ -162,19 +172,33 @@ def cmd_ui(args) -> int:
     from components import tracking
     from components.config import load_params
 
+    # Ctrl-C (SIGINT) and SIGTERM both stop the servers, even when SIGINT came in ignored (a
+    # shell starts background jobs that way, and Python then never raises KeyboardInterrupt).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     root = _project(args)
     params = load_params(root / "params.yaml")
     store = tracking.tracking_uri(root, params)
+    # The servers write to log files, not to our stdout: a worker a server leaves behind (MLflow
+    # 3 starts some in a session of their own) would otherwise hold our caller's pipe open.
+    logs = root / ".ui-logs"
+    logs.mkdir(exist_ok=True)
     # Each server in its own process group: both spawn workers, and stopping only the parent
-    # would orphan them (still bound to the port, still holding our stdout).
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store,
-                          "--host", "127.0.0.1", "--port", str(args.mlflow_port)], start_new_session=True),
-        subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                          "--port", str(args.prefect_port)], start_new_session=True),
-    ]
+    # would orphan them (still bound to the port).
+    commands = {
+        "mlflow": [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store,
+                   "--host", "127.0.0.1", "--port", str(args.mlflow_port)],
+        "prefect": [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                    "--port", str(args.prefect_port)],
+    }
+    procs = []
+    for name, command in commands.items():
+        with open(logs / f"{name}.log", "ab") as log:
+            procs.append(subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True))
     print(f"MLflow UI:      http://127.0.0.1:{args.mlflow_port}  (store {store})")
     print(f"Prefect server: http://127.0.0.1:{args.prefect_port}")
+    print(f"Server logs:    {logs}/mlflow.log, {logs}/prefect.log")
     print("Ctrl-C stops both.", flush=True)
     try:
         while all(p.poll() is None for p in procs):

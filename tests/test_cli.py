@@ -77,6 +77,12 @@ def test_ui_serves_mlflow_and_prefect_on_localhost(fresh, tmp_path):
         assert _wait_for(f"http://127.0.0.1:{pport}/api/health", proc) == 200
     finally:
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # leave no server behind, then fail
+            raise
     assert f"http://127.0.0.1:{mport}" in out and f"http://127.0.0.1:{pport}" in out
     assert proc.returncode == 0
+    for name in ("mlflow", "prefect"):  # the servers talk to their logs, not to our pipe
+        assert (fresh / ".ui-logs" / f"{name}.log").stat().st_size > 0
