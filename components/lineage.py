@@ -160,9 +160,12 @@ def _lock_stages(root: str | Path) -> dict:
     return (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.exists() else {}
 
 
+def _md5s(stages: list[dict], kind: str) -> dict[str, str]:
+    return {e["path"]: e.get("md5", "") for stage in stages for e in stage.get(kind, [])}
+
+
 def _locked(root: str | Path, name: str, kind: str) -> dict[str, str]:
-    stage = _lock_stages(root).get(name, {})
-    return {e["path"]: e.get("md5", "") for e in stage.get(kind, [])}
+    return _md5s([_lock_stages(root).get(name, {})], kind)
 
 
 def locked_outs(root: str | Path, name: str | None = None) -> dict[str, str]:
@@ -170,7 +173,7 @@ def locked_outs(root: str | Path, name: str | None = None) -> dict[str, str]:
     without ``name``, the outputs of every locked stage (dvc.lock read once)."""
     if name is not None:
         return _locked(root, name, "outs")
-    return {e["path"]: e.get("md5", "") for stage in _lock_stages(root).values() for e in stage.get("outs", [])}
+    return _md5s(list(_lock_stages(root).values()), "outs")
 
 
 def locked_deps(root: str | Path, name: str) -> dict[str, str]:
