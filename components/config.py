@@ -153,6 +153,17 @@ class MultisubjectParams(Section):
 
     seed: int = Field(0, description="Seed of the new backgrounds and of the sampler.")
     max_scenes: Annotated[int, Field(ge=1)] | None = Field(None, description="Scenes of data/multi used (None = all).")
+    subset_weights: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        {}, description="Relative weight of a subset's scenes when max_scenes are drawn (unnamed subsets: 1); "
+        "pairs of more subjects survive the filter less often, so they can be drawn more.")
+
+    @field_validator("subset_weights")
+    @classmethod
+    def _known_subsets(cls, v):
+        unknown = sorted(set(v) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown subset(s) {unknown}; allowed: {list(TASKS)}")
+        return v
     judge_set: Literal["reward", "eval"] = Field("reward", description="Judges that ground and filter.")
     threshold: Annotated[float, Field(ge=-1, le=1)] = Field(
         0.5, description="Minimum encoder cosine between a regenerated reference and its subject.")
@@ -160,7 +171,7 @@ class MultisubjectParams(Section):
         20, description="Side in pixels of the subject crop given to the single-subject model, centred.")
     batch_size: Annotated[int, Field(ge=1)] = Field(64, description="Regenerations per sampler call.")
     candidates: Annotated[int, Field(ge=1)] = Field(
-        1, description="Regenerations per subject (different seeds); the most consistent one is judged.")
+        1, description="Most redraws per subject (other seeds): it is redrawn until one passes the threshold.")
     sample_steps: Annotated[int, Field(ge=1)] = Field(20, description="ODE steps per regeneration.")
     guidance: Annotated[float, Field(ge=1)] = Field(1.0, description="CFG scale of the regenerations.")
     grid_rows: Annotated[int, Field(ge=1, le=64)] = Field(8, description="Rows of the kept / dropped example grids.")
@@ -169,8 +180,9 @@ class MultisubjectParams(Section):
 class SftParams(TrainParams):
     """Multi-subject SFT: the shared loop on the bootstrapped data, from the pretrained weights."""
 
-    ref_count_probs: dict[int, Annotated[float, Field(ge=0)]] = Field(
-        {2: 0.5, 3: 0.25, 4: 0.25}, description="Probability of a batch with 2, 3 or 4 references.")
+    ref_count_probs: dict[Annotated[int, Field(ge=1)], Annotated[float, Field(ge=0)]] = Field(
+        {2: 0.5, 3: 0.25, 4: 0.25}, description="Probability of a batch with 2, 3 or 4 references; "
+        "1 = a batch of single-subject pairs from data/single (replay).")
 
     @field_validator("ref_count_probs")
     @classmethod

@@ -6,14 +6,18 @@ is made first (here: rendered, ``data/multi``), then
 1. the grounding judge finds each subject by its category in that image and crops it;
 2. the single-subject model (``models/pretrain``) redraws each crop in a new scene (another
    background, named in a single-subject prompt), and those regenerations become the references;
-   with ``candidates`` > 1 each crop is redrawn that many times (other sampler seeds) and the
-   redraw most consistent with the subject is the one judged (best of n);
 3. the reward judges compare each regeneration with the subject it came from (encoder cosine of
    the grounded crops); a pair keeps only if every one of its references reaches the threshold.
 
+Steps 2-3 are rejection sampling, scene by scene: a subject is redrawn (other sampler seeds) until
+a redraw passes, at most ``candidates`` times; a subject that never passes ends its scene, and the
+scene's later subjects are not drawn at all. Since a k-subject pair needs k passing references,
+this is what makes three- and four-subject pairs affordable: retries go where they are needed,
+and no draws are spent on scenes already lost.
+
 Each subject ends with a status: ``kept``, ``not_in_target`` (the grounder missed it in the
-scene), ``not_in_reference`` (the regeneration shows no such subject) or ``inconsistent``
-(cosine below the threshold). The bootstrapped dataset (``data/multisubject``, the same manifest
+scene), ``not_in_reference`` (no redraw shows such a subject), ``inconsistent`` (every redraw's
+cosine is below the threshold) or ``not_drawn`` (an earlier subject of its scene failed). The bootstrapped dataset (``data/multisubject``, the same manifest
 layout, ``split = multisubject``) must pass the validation gate before it is published. Reports:
 per-subject statuses and similarities, kept fraction per subset, why pairs were dropped, the
 similarity histogram with the threshold, and grids of kept and dropped pairs.
@@ -45,7 +49,8 @@ from .stage import path_field, stage_main  # noqa: E402
 from .world import backgrounds  # noqa: E402
 
 SPLIT = "multisubject"
-STATUSES = ("kept", "not_in_target", "not_in_reference", "inconsistent")
+STATUSES = ("kept", "not_in_target", "not_in_reference", "inconsistent", "not_drawn")
+REASONS = STATUSES[1:4]  # why a pair is dropped; not_drawn never is the reason
 SEED_STRIDE = 100_003  # sampler seed offset between candidates (more than any run has batches)
 
 
@@ -57,6 +62,13 @@ class MultisubjectPaths:
     judges: Path = path_field("the judges stage's output (models/judges)")
     out: Path = path_field("folder receiving the bootstrapped dataset (data/multisubject)")
     reports: Path = path_field("folder for statuses, summary, grids and the gate's reports")
+
+
+def draw_scenes(subsets: pd.Series, n: int, weights: dict[str, float], seed: int) -> np.ndarray:
+    """``n`` row indices drawn without replacement, each row weighted by its subset's weight
+    (default 1), in ascending order."""
+    w = subsets.map(lambda s: weights.get(s, 1.0)).to_numpy(float)
+    return np.sort(np.random.default_rng(seed).choice(len(subsets), n, replace=False, p=w / w.sum()))
 
 
 def isolate(image: np.ndarray, box: Box, subject_size: int) -> np.ndarray:
@@ -107,25 +119,58 @@ def consistency(judges: JudgeSet, targets: list[np.ndarray], target_boxes: list[
     return boxes, sims
 
 
-def best_candidates(model: SubjectGenerator, judges: JudgeSet, targets: list[np.ndarray], target_boxes: list[Box],
-                    inputs: list[np.ndarray], prompts: list[str], categories: list[str], cfg, crop_size: int):
-    """``cfg.candidates`` regenerations of every input (sampler seeds ``cfg.seed + c * SEED_STRIDE``),
-    each judged by ``consistency``; per input the candidate with the highest cosine (one the
-    grounder found beats one it did not). Returns (regenerations, boxes, cosines)."""
-    best_regen: list[np.ndarray] = []
-    best_box: list[Box | None] = []
-    best_sim = np.full(len(inputs), np.nan, np.float32)
-    for c in range(cfg.candidates):
-        regens = regenerate(model, inputs, prompts, cfg.batch_size, cfg.sample_steps, cfg.guidance,
-                            cfg.seed + c * SEED_STRIDE)
-        boxes, sims = consistency(judges, targets, target_boxes, regens, categories, crop_size)
-        if c == 0:
-            best_regen, best_box, best_sim = list(regens), list(boxes), sims
-            continue
-        better = np.nan_to_num(sims, nan=-np.inf) > np.nan_to_num(best_sim, nan=-np.inf)
-        for i in np.flatnonzero(better):
-            best_regen[i], best_box[i], best_sim[i] = regens[i], boxes[i], sims[i]
-    return best_regen, best_box, best_sim
+def _rank(sim: float) -> float:
+    """Ordering of candidates: a higher cosine is better, and any found subject beats none (NaN)."""
+    return -np.inf if np.isnan(sim) else float(sim)
+
+
+@dataclass
+class Redraws:
+    """Per subject: the best regeneration drawn (None: never drawn), its box in it, its cosine
+    to the subject (NaN: not found in it) and how many times it was drawn."""
+
+    images: list
+    boxes: list
+    sims: np.ndarray
+    tries: np.ndarray
+
+
+def redraw_scenes(model: SubjectGenerator, judges: JudgeSet, scenes: list[list[int]], targets: list[np.ndarray],
+                  target_boxes: list[Box], inputs: list[np.ndarray], prompts: list[str], categories: list[str], cfg,
+                  crop_size: int) -> Redraws:
+    """Rejection sampling of references, scene by scene. ``scenes`` lists each scene's subjects
+    (indices into the other lists) in order. Every round redraws the current subject of every
+    live scene in one batched sampler pass (seed ``cfg.seed + round * SEED_STRIDE``) and judges
+    it: a subject passes when its cosine reaches ``cfg.threshold`` and the scene moves on to its
+    next subject; a subject that fails ``cfg.candidates`` draws ends its scene, whose later
+    subjects are never drawn (a pair needs every subject, so they could not save it). The best
+    draw of each subject is kept for the reports."""
+    n = len(inputs)
+    out = Redraws([None] * n, [None] * n, np.full(n, np.nan, np.float32), np.zeros(n, int))
+    cursor = {s: 0 for s, members in enumerate(scenes) if members}  # live scene -> position of its current subject
+    rnd = 0
+    while cursor:
+        current = [scenes[s][pos] for s, pos in cursor.items()]
+        regens = regenerate(model, [inputs[j] for j in current], [prompts[j] for j in current], cfg.batch_size,
+                            cfg.sample_steps, cfg.guidance, cfg.seed + rnd * SEED_STRIDE)
+        boxes, sims = consistency(judges, [targets[j] for j in current], [target_boxes[j] for j in current], regens,
+                                  [categories[j] for j in current], crop_size)
+        for j, image, box, sim in zip(current, regens, boxes, sims):
+            out.tries[j] += 1
+            if out.images[j] is None or _rank(sim) > _rank(out.sims[j]):
+                out.images[j], out.boxes[j], out.sims[j] = image, box, sim
+        for s in list(cursor):
+            j = scenes[s][cursor[s]]
+            if _rank(out.sims[j]) >= cfg.threshold:
+                cursor[s] += 1
+                if cursor[s] == len(scenes[s]):
+                    del cursor[s]  # every subject passed
+            elif out.tries[j] >= cfg.candidates:
+                del cursor[s]  # this subject failed: the pair is lost
+        rnd += 1
+        print(f"multisubject round {rnd}: {len(current)} redraws, {int(np.sum(sims >= cfg.threshold))} passed, "
+              f"{len(cursor)} scenes still drawing", flush=True)
+    return out
 
 
 def pair_status(statuses: list[str]) -> str:
@@ -162,8 +207,8 @@ def run(params: Params, paths: MultisubjectPaths) -> dict:
     cfg, t0 = params.multisubject, time.perf_counter()
     manifest = read_manifest(paths.data)
     if cfg.max_scenes is not None and cfg.max_scenes < len(manifest):
-        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(manifest), cfg.max_scenes, replace=False))
-        manifest = manifest.iloc[keep].reset_index(drop=True)
+        manifest = manifest.iloc[draw_scenes(manifest.subset, cfg.max_scenes, cfg.subset_weights, cfg.seed)]
+        manifest = manifest.reset_index(drop=True)
     judges = load_judge_set(paths.judges / cfg.judge_set, params.judges)
     model = SubjectGenerator.from_pretrained(paths.generator).eval()
     rng = np.random.default_rng(cfg.seed)
@@ -179,28 +224,33 @@ def run(params: Params, paths: MultisubjectPaths) -> dict:
     subj["target_box"] = [g.box for g in grounded]
     t_ground = time.perf_counter()
 
-    # 2. regenerate the found ones in a new scene
-    todo = [j for j, b in enumerate(subj.target_box) if b is not None]
+    # 2-3. redraw the subjects of scenes whose every subject was found, in a new scene each, and
+    # judge the redraws (rejection sampling, scene by scene: see redraw_scenes)
+    complete = subj.groupby("row")["target_box"].transform(lambda b: b.notna().all())
+    todo = list(subj.index[complete])
     inputs = [isolate(targets[subj.row[j]], subj.target_box[j], cfg.subject_size) for j in todo]
     prompts = [regeneration_prompt(subj.category[j], subj.background[j]) for j in todo]
     subj["prompt"] = None
     subj.loc[todo, "prompt"] = prompts
-    # 3. judge them; with several candidates per subject, the most consistent one stands
-    regens, boxes, sims = best_candidates(
-        model, judges, [targets[subj.row[j]] for j in todo], [subj.target_box[j] for j in todo], inputs, prompts,
-        [subj.category[j] for j in todo], cfg, params.judges.crop_size)
+    position = {j: n for n, j in enumerate(todo)}
+    scene_lists = [[position[j] for j in g.sort_values("k").index] for _, g in subj.loc[todo].groupby("row")]
+    drawn = redraw_scenes(
+        model, judges, scene_lists, [targets[subj.row[j]] for j in todo], [subj.target_box[j] for j in todo], inputs,
+        prompts, [subj.category[j] for j in todo], cfg, params.judges.crop_size)
     t_regen = time.perf_counter()
 
-    subj["ref_box"], subj["similarity"] = None, np.nan
+    subj["ref_box"], subj["similarity"], subj["draws"] = None, np.nan, 0
     subj["ref_box"] = subj["ref_box"].astype(object)
-    for j, b, s in zip(todo, boxes, sims):
-        subj.at[j, "ref_box"], subj.at[j, "similarity"] = b, s
+    for n, j in enumerate(todo):
+        subj.at[j, "ref_box"], subj.at[j, "similarity"], subj.at[j, "draws"] = \
+            drawn.boxes[n], drawn.sims[n], drawn.tries[n]
     subj["status"] = [
-        "not_in_target" if tb is None else "not_in_reference" if rb is None else
+        "not_in_target" if tb is None else "not_drawn" if d == 0 else "not_in_reference" if rb is None else
         "inconsistent" if s < cfg.threshold else "kept"
-        for tb, rb, s in zip(subj.target_box, subj.ref_box, subj.similarity)]
-    regen_of = dict(zip(todo, regens))
-    input_of = dict(zip(todo, inputs))
+        for tb, d, rb, s in zip(subj.target_box, subj.draws, subj.ref_box, subj.similarity)]
+    regen_of = {j: drawn.images[n] for n, j in enumerate(todo) if drawn.tries[n]}
+    input_of = {j: inputs[n] for n, j in enumerate(todo) if drawn.tries[n]}
+    draws = int(drawn.tries.sum())
     pairs = subj.groupby("row")["status"].agg(lambda s: pair_status(list(s)))
 
     # 4. write the dataset, gate it, publish it
@@ -242,15 +292,16 @@ def run(params: Params, paths: MultisubjectPaths) -> dict:
     _example_grids(manifest, targets, subj, pairs, input_of, regen_of, cfg.grid_rows, paths.reports)
 
     per_subset = scenes.groupby("subset")["status"].apply(lambda s: round(float((s == "kept").mean()), 4)).to_dict()
-    dropped = {s: int((scenes.status == s).sum()) for s in STATUSES[1:]}
+    dropped = {s: int((scenes.status == s).sum()) for s in REASONS}
     subjects_by_status = {s: int((subj.status == s).sum()) for s in STATUSES}
     metrics = {
         "scenes": len(manifest), "kept": len(kept_rows), "kept_fraction": round(len(kept_rows) / max(len(manifest), 1), 4),
         "kept_fraction_by_subset": per_subset, "dropped_by_reason": dropped, "subjects": len(subj),
-        "subjects_by_status": subjects_by_status, "regenerations": len(todo),
-        "similarity_mean": round(float(np.nanmean(subj.similarity)), 4) if len(todo) else None,
+        "subjects_by_status": subjects_by_status, "regenerations": draws,
+        "draws_per_kept_pair": round(draws / len(kept_rows), 2) if kept_rows else None,
+        "similarity_mean": round(float(np.nanmean(subj.similarity)), 4) if draws else None,
         "candidates": cfg.candidates,
-        "regenerations_per_second": round(len(todo) * cfg.candidates / max(t_regen - t_ground, 1e-9), 2),
+        "regenerations_per_second": round(draws / max(t_regen - t_ground, 1e-9), 2),
         "seconds": round(time.perf_counter() - t0, 2), "gate": {"success": gate["success"],
                                                                  "expectations": gate[SPLIT]["expectations"]},
     }

@@ -2,7 +2,10 @@
 
 Starts from the pretrained single-subject generator (``models/pretrain``) and trains it with the
 shared loop on the bootstrapped pairs (``data/multisubject``), so that one sequence carries 2, 3
-or 4 references. Each batch has one reference count, drawn with ``sft.ref_count_probs``.
+or 4 references. Each batch has one reference count, drawn with ``sft.ref_count_probs``; count 1
+means a batch of single-subject pairs (``data/single``) replayed so that the model keeps the skill
+it started with while it learns several references (the bootstrapped pairs are few, and tuning
+on them alone wears down the single-subject drawing).
 Output: a ``save_pretrained`` generator folder (``models/sft``), loss history and sample grids.
 """
 from __future__ import annotations
@@ -18,6 +21,7 @@ from .stage import path_field, stage_main
 @dataclass
 class SftPaths:
     data: Path = path_field("the bootstrapped multi-subject dataset (data/multisubject)")
+    single: Path = path_field("single-subject pairs replayed in 1-reference batches (data/single)")
     init: Path = path_field("the generator to start from (models/pretrain)")
     out: Path = path_field("folder receiving the trained generator (models/sft)")
     reports: Path = path_field("folder for the loss history and sample grids")
@@ -26,8 +30,9 @@ class SftPaths:
 def run(params: Params, paths: SftPaths) -> dict:
     """Fine-tune ``paths.init`` on the multi-subject pairs in ``paths.data``."""
     cfg = params.sft
+    replay = paths.single if cfg.ref_count_probs.get(1, 0) > 0 else None
     return run_fit("sft", params, cfg, paths.data, paths.out, paths.reports, init=paths.init,
-                   ref_count_probs=dict(cfg.ref_count_probs))
+                   ref_count_probs=dict(cfg.ref_count_probs), replay=replay)
 
 
 def main(argv=None) -> int:

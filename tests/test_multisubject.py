@@ -10,6 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
 from components import multisubject, world
 from components.config import Params
@@ -31,6 +32,17 @@ def test_isolate_centres_the_subject_crop_at_the_given_size():
     (y0, x0), (y1, x1) = white.min(0), white.max(0)
     assert abs((x0 + x1) / 2 - 15.5) <= 1 and abs((y0 + y1) / 2 - 15.5) <= 1  # centred
     assert 14 <= x1 - x0 + 1 <= 20  # scaled up from 10 px to most of the 20 px crop
+
+
+def test_scenes_are_drawn_with_their_subset_weights():
+    subsets = pd.Series(["Four"] * 500 + ["Action"] * 500)
+    rows = multisubject.draw_scenes(subsets, 200, {"Four": 4.0}, seed=0)
+    assert len(set(rows)) == 200 and list(rows) == sorted(rows)
+    assert 140 <= (subsets[rows] == "Four").sum() <= 180  # about 4 of every 5 (more as Four rows run out)
+    even = multisubject.draw_scenes(subsets, 200, {}, seed=0)
+    assert 70 <= (subsets[even] == "Four").sum() <= 130
+    with pytest.raises(ValidationError, match="Fuor"):  # a misspelt subset is a params error
+        Params.model_validate({"multisubject": {"subset_weights": {"Fuor": 2.0}}})
 
 
 def test_a_pair_keeps_only_if_every_subject_does():
@@ -57,31 +69,36 @@ def staged(judge_world, tmp_path, monkeypatch):
         truth.render(Scene.from_dict(json.loads(scene)))
     judges = JudgeSet(HistogramEncoder(), TruthGrounder(truth), TruthSemantic(truth), ConstantAesthetic())
     pool = world.identity_pool("bench", 0.1, "subjectflow-v1")
-    regenerations = []
+    targets = [load_rgb(data / "multi" / t) for t in manifest.target]
+    regenerations, perfect, inputs = {}, {}, []  # per subject: its redraw, a perfect one, its input
     for i, (scene_json, n) in enumerate(zip(manifest.scene, manifest.n_subjects)):
         scene = Scene.from_dict(json.loads(scene_json))
         for k in range(n):
+            box = judges.grounder.ground([targets[i]], [scene.placements[k].identity.category])[0].box
+            inputs.append(isolate(targets[i], box, 20).tobytes())  # what the stage hands the model
+            key = inputs[-1]
+            perfect[key] = truth.render(scene)
             if i == 0 and k == 0:  # the same category, in colours the subject does not have
                 p = scene.placements[0]
                 other = next(x for x in pool[p.identity.category] if not set(x.colors) & set(p.identity.colors))
-                regenerations.append(truth.render(replace(scene, placements=(replace(p, identity=other),)
-                                                          + scene.placements[1:])))
+                regenerations[key] = truth.render(replace(scene, placements=(replace(p, identity=other),)
+                                                          + scene.placements[1:]))
             elif i == 1 and k == 0:
-                regenerations.append(np.zeros((32, 32, 3), np.uint8))
+                regenerations[key] = np.zeros((32, 32, 3), np.uint8)
             else:  # a perfect redraw: the subject exactly as in the scene
-                regenerations.append(truth.render(scene))
-    calls = {"seeds": []}
+                regenerations[key] = perfect[key]
+    assert len(set(inputs)) == len(inputs)  # every subject's input is its own
+    calls = {"seeds": [], "prompts": [], "inputs": [], "perfect": perfect}
 
     def fake_regenerate(model, inputs, prompts, batch_size, steps, guidance, seed):
-        calls.update(inputs=inputs, prompts=prompts)
+        calls["prompts"] += prompts
+        calls["inputs"] += [x.tobytes() for x in inputs]
         calls["seeds"].append(seed)
-        return regenerations[:len(inputs)]
+        return [regenerations[x.tobytes()] for x in inputs]
 
     monkeypatch.setattr(multisubject, "load_judge_set", lambda *a, **k: judges)
     monkeypatch.setattr(multisubject.SubjectGenerator, "from_pretrained", classmethod(lambda cls, p: NoModel()))
     monkeypatch.setattr(multisubject, "regenerate", fake_regenerate)
-    calls["perfect"] = [truth.render(Scene.from_dict(json.loads(s))) for s, n in zip(manifest.scene, manifest.n_subjects)
-                        for _ in range(n)]
     paths = MultisubjectPaths(data=data / "multi", bench=data / "bench", generator=tmp_path / "pretrain",
                               judges=tmp_path / "judges", out=tmp_path / "multisubject", reports=tmp_path / "reports")
     return manifest, paths, calls
@@ -92,7 +109,9 @@ def test_bootstrapping_keeps_consistent_pairs_and_says_why_others_were_dropped(s
     params = Params.model_validate({"multisubject": {"threshold": 0.9}})
     m = multisubject.run(params, paths)
     n_subjects = int(manifest.n_subjects.sum())
-    assert m["scenes"] == len(manifest) and m["subjects"] == n_subjects == m["regenerations"]
+    # scenes 0 and 1 fail on their first subject, so their later subjects are never drawn
+    lost = int(manifest.n_subjects[0] + manifest.n_subjects[1]) - 2
+    assert m["scenes"] == len(manifest) and m["subjects"] == n_subjects and m["regenerations"] == n_subjects - lost
     assert m["dropped_by_reason"] == {"not_in_target": 0, "not_in_reference": 1, "inconsistent": 1}
     assert m["kept"] == len(manifest) - 2 and m["gate"]["success"]
     subjects = pd.read_csv(paths.reports / "subjects.csv")
@@ -100,7 +119,9 @@ def test_bootstrapping_keeps_consistent_pairs_and_says_why_others_were_dropped(s
     assert first.status == "inconsistent" and first.similarity < 0.5
     assert subjects[subjects.status == "kept"].similarity.min() > 0.99
     assert subjects[subjects.sample_id == manifest.id[1]].iloc[0].status == "not_in_reference"
-    assert (subjects.status == "kept").sum() == n_subjects - 2
+    assert (subjects.status == "kept").sum() == n_subjects - 2 - lost
+    assert (subjects.status == "not_drawn").sum() == lost and (subjects.draws == 1).sum() == n_subjects - lost
+    assert len(set(calls["inputs"])) == len(calls["inputs"])  # with one candidate, nothing is drawn twice
     # single-subject prompts on another background than the scene's
     assert all(p.startswith("the ") and "from image 1" in p for p in calls["prompts"])
     bg = dict(zip(subjects.sample_id + subjects.k.astype(str), subjects.background))
@@ -119,21 +140,39 @@ def test_bootstrapping_keeps_consistent_pairs_and_says_why_others_were_dropped(s
         assert (paths.reports / name).is_file(), name
 
 
-def test_the_most_consistent_of_several_candidates_is_judged(staged, monkeypatch):
-    """Two candidates per subject: the first sampler seed gives the flawed regenerations of
-    the fixture, the second perfect ones; every subject then keeps its perfect candidate."""
+def test_a_failing_subject_is_redrawn_until_one_passes(staged, monkeypatch):
+    """Three candidates: the first sampler seed gives the fixture's flawed redraws, the second a
+    perfect one. The two flawed subjects are redrawn once more and pass; nothing that passed is
+    drawn again, and no subject reaches a third draw."""
     manifest, paths, calls = staged
     flawed = multisubject.regenerate
 
-    def two_kinds(model, inputs, prompts, batch_size, steps, guidance, seed):
+    def first_flawed(model, inputs, prompts, batch_size, steps, guidance, seed):
         first = flawed(model, inputs, prompts, batch_size, steps, guidance, seed)
-        return first if seed < multisubject.SEED_STRIDE else calls["perfect"][:len(inputs)]
+        return first if seed < multisubject.SEED_STRIDE else [calls["perfect"][x.tobytes()] for x in inputs]
 
-    monkeypatch.setattr(multisubject, "regenerate", two_kinds)
-    m = multisubject.run(Params.model_validate({"multisubject": {"threshold": 0.9, "candidates": 2, "seed": 5}}), paths)
-    assert calls["seeds"] == [5, 5 + multisubject.SEED_STRIDE]
-    assert m["kept"] == len(manifest) and m["candidates"] == 2
+    monkeypatch.setattr(multisubject, "regenerate", first_flawed)
+    m = multisubject.run(Params.model_validate({"multisubject": {"threshold": 0.9, "candidates": 3, "seed": 5}}), paths)
+    assert m["kept"] == len(manifest) and m["candidates"] == 3
     assert m["dropped_by_reason"] == {"not_in_target": 0, "not_in_reference": 0, "inconsistent": 0}
+    n_subjects = int(manifest.n_subjects.sum())
+    assert m["regenerations"] == n_subjects + 2  # the two flawed first subjects, twice
+    subjects = pd.read_csv(paths.reports / "subjects.csv")
+    assert sorted(subjects.draws.tolist()) == [1] * (n_subjects - 2) + [2, 2]
+    assert calls["seeds"][:2] == [5, 5 + multisubject.SEED_STRIDE]  # one seed per round
+    assert all(s - 5 == r * multisubject.SEED_STRIDE for r, s in enumerate(calls["seeds"]))
+
+
+def test_a_subject_failing_every_candidate_ends_its_scene(staged):
+    """Scene 0's first subject fails on every seed: it is drawn ``candidates`` times, and the
+    scene's other subjects never."""
+    manifest, paths, calls = staged
+    m = multisubject.run(Params.model_validate({"multisubject": {"threshold": 0.9, "candidates": 4}}), paths)
+    subjects = pd.read_csv(paths.reports / "subjects.csv")
+    scene0 = subjects[subjects.sample_id == manifest.id[0]].sort_values("k")
+    assert scene0.draws.tolist() == [4] + [0] * (len(scene0) - 1)
+    assert scene0.status.tolist() == ["inconsistent"] + ["not_drawn"] * (len(scene0) - 1)
+    assert m["kept"] == len(manifest) - 2
 
 
 def test_the_gate_rejects_a_bootstrapped_dataset_with_nothing_kept(staged, monkeypatch):

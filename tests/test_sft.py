@@ -11,6 +11,7 @@ import yaml
 
 from components.models.generator import SubjectGenerator
 from components.project import default_params
+from components.datasets import read_manifest
 from components.sft import main as sft_main
 from tests.test_pretrain import SMALL_GEN
 
@@ -30,7 +31,7 @@ def _sft(root, data, monkeypatch, **cfg):
                               sample_steps=2, grid_rows=2), **cfg)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.chdir(root)
-    code = sft_main(["--params", "params.yaml", "--data", str(data / "multi"), "--init", "models/pretrain",
+    code = sft_main(["--params", "params.yaml", "--data", str(data / "multi"), "--single", str(data / "single"), "--init", "models/pretrain",
                      "--out", "models/sft", "--reports", "reports/sft", "--metrics", "metrics/sft.json"])
     assert code == 0
     return json.loads((root / "metrics" / "sft.json").read_text()), SubjectGenerator.from_pretrained(root / "models" / "sft")
@@ -67,3 +68,14 @@ def test_sft_says_when_the_data_lacks_a_reference_count(setup, monkeypatch):
     assert m["ref_counts_missing"] == [5] and m["batches_by_ref_count"]["2"] == 4
     with pytest.raises(ValueError, match=r"no rows with \[5\] references"):
         _sft(root, data, monkeypatch, ref_count_probs={5: 1.0})
+
+
+def test_sft_replays_single_subject_pairs_as_one_reference_batches(setup, monkeypatch):
+    root, data, _ = setup
+    m, _ = _sft(root, data, monkeypatch, steps=40, batch_size=1, log_every=40, ref_count_probs={1: 0.5, 2: 0.5})
+    drawn = m["batches_by_ref_count"]
+    assert 8 <= drawn["1"] <= 32 and drawn["1"] + drawn["2"] == 40  # binomial(40, 0.5): > 3.5 sd inside
+    n_single = len(read_manifest(data / "single"))
+    assert m["ref_counts"]["1"] == n_single and m["rows"] == n_single + len(read_manifest(data / "multi"))
+    m, _ = _sft(root, data, monkeypatch, steps=4, ref_count_probs={2: 1.0})  # without count 1: no replay rows
+    assert "1" not in m["ref_counts"] and m["rows"] == len(read_manifest(data / "multi"))

@@ -56,6 +56,13 @@ def load_pairs(dataset_dir: str | Path, manifest: pd.DataFrame | None = None) ->
                  [[load_rgb(d / r) for r in refs] for refs in m.refs], list(m.id))
 
 
+def concat_pairs(*parts: Pairs) -> Pairs:
+    """One dataset of several, rows in the given order."""
+    return Pairs(np.concatenate([p.targets for p in parts]), np.concatenate([p.masks for p in parts]),
+                 [x for p in parts for x in p.prompts], [x for p in parts for x in p.refs],
+                 [x for p in parts for x in p.ids])
+
+
 def _label_map(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         return np.asarray(im)
@@ -112,10 +119,12 @@ def encode_pairs(model: SubjectGenerator, data: Pairs, groups: dict[int, np.ndar
 
 
 def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainParams, out: Path, reports: Path,
-                  checkpoints: Path, ref_count_probs: dict[int, float] | None = None) -> dict:
+                  checkpoints: Path, ref_count_probs: dict[int, float] | None = None,
+                  grid_pool: int | None = None) -> dict:
     """Train ``model`` on ``data`` with the shared loop; save it to ``out`` (save_pretrained)
     and return the stage metrics. ``ref_count_probs`` picks each batch's reference count (SFT's
-    2/3/4 with configurable probabilities); by default in proportion to the rows."""
+    2/3/4 with configurable probabilities); by default in proportion to the rows. The sample
+    grids show rows among the first ``grid_pool`` (default: all)."""
     groups = data.by_ref_count()
     counts = sorted(groups)
     if ref_count_probs:
@@ -131,7 +140,8 @@ def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainPa
     probs /= probs.sum()
     logger = StepLogger()
     (reports / "samples").mkdir(parents=True, exist_ok=True)
-    grid_rows = np.random.default_rng(cfg.seed).choice(len(data), size=min(cfg.grid_rows, len(data)), replace=False)
+    pool = len(data) if grid_pool is None else grid_pool
+    grid_rows = np.random.default_rng(cfg.seed).choice(pool, size=min(cfg.grid_rows, pool), replace=False)
 
     drawn = {k: 0 for k in counts}
     targets, refs = encode_pairs(model, data, groups)
@@ -184,19 +194,25 @@ def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainPa
 
 
 def run_fit(stage: str, params: Params, cfg: TrainParams, dataset_dir: Path, out: Path, reports: Path,
-            init: Path | None = None, ref_count_probs: dict[int, float] | None = None) -> dict:
-    """Load data, build (or load ``init``) the generator, train it into ``out`` atomically."""
+            init: Path | None = None, ref_count_probs: dict[int, float] | None = None,
+            replay: Path | None = None) -> dict:
+    """Load data, build (or load ``init``) the generator, train it into ``out`` atomically.
+    ``replay``: a second dataset whose rows join the first's (SFT's single-subject replay); the
+    sample grids still show the first's."""
     from ..io import atomic_dir
 
     data = load_pairs(dataset_dir)
+    grid_pool = len(data)
+    if replay is not None:
+        data = concat_pairs(data, load_pairs(replay))
     model = SubjectGenerator.from_pretrained(init) if init else \
         build_generator(params.generator, params.synthesize.resolution, cfg.seed)
     fp = fingerprint(stage, cfg.model_dump(), params.generator.model_dump(), data_digest(dataset_dir),
-                     str(init) if init else None)
+                     data_digest(replay) if replay is not None else None, str(init) if init else None)
     checkpoints = Path(".checkpoints") / f"{stage}-{fp}"
     reports.mkdir(parents=True, exist_ok=True)
     if not process_state().is_main_process:
-        return fit_generator(stage, model, data, cfg, out, reports, checkpoints, ref_count_probs)
+        return fit_generator(stage, model, data, cfg, out, reports, checkpoints, ref_count_probs, grid_pool)
     with atomic_dir(out) as tmp:
-        metrics = fit_generator(stage, model, data, cfg, tmp, reports, checkpoints, ref_count_probs)
+        metrics = fit_generator(stage, model, data, cfg, tmp, reports, checkpoints, ref_count_probs, grid_pool)
     return metrics
