@@ -11,6 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .world import TASKS
 
 
+def known_tasks(weights: dict[str, float], what: str) -> dict[str, float]:
+    """``weights`` keyed by PSR task (= benchmark subset) names, or a ValueError naming the others."""
+    unknown = sorted(set(weights) - set(TASKS))
+    if unknown:
+        raise ValueError(f"unknown {what}(s) {unknown}; allowed: {list(TASKS)}")
+    return weights
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -37,9 +45,7 @@ class SynthesizeParams(Section):
     @field_validator("multi_tasks")
     @classmethod
     def _known_tasks(cls, v):
-        unknown = sorted(set(v) - set(TASKS))
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; allowed: {list(TASKS)}")
+        known_tasks(v, "task")
         if sum(v.values()) <= 0:
             raise ValueError("weights must not all be zero")
         return v
@@ -156,14 +162,6 @@ class MultisubjectParams(Section):
     subset_weights: dict[str, Annotated[float, Field(gt=0)]] = Field(
         {}, description="Relative weight of a subset's scenes when max_scenes are drawn (unnamed subsets: 1); "
         "pairs of more subjects survive the filter less often, so they can be drawn more.")
-
-    @field_validator("subset_weights")
-    @classmethod
-    def _known_subsets(cls, v):
-        unknown = sorted(set(v) - set(TASKS))
-        if unknown:
-            raise ValueError(f"unknown subset(s) {unknown}; allowed: {list(TASKS)}")
-        return v
     judge_set: Literal["reward", "eval"] = Field("reward", description="Judges that ground and filter.")
     threshold: Annotated[float, Field(ge=-1, le=1)] = Field(
         0.5, description="Minimum encoder cosine between a regenerated reference and its subject.")
@@ -175,6 +173,11 @@ class MultisubjectParams(Section):
     sample_steps: Annotated[int, Field(ge=1)] = Field(20, description="ODE steps per regeneration.")
     guidance: Annotated[float, Field(ge=1)] = Field(1.0, description="CFG scale of the regenerations.")
     grid_rows: Annotated[int, Field(ge=1, le=64)] = Field(8, description="Rows of the kept / dropped example grids.")
+
+    @field_validator("subset_weights")
+    @classmethod
+    def _known_subsets(cls, v):
+        return known_tasks(v, "subset")
 
 
 class SftParams(TrainParams):
