@@ -3,9 +3,9 @@
 Starts from the pretrained single-subject generator (``models/pretrain``) and trains it with the
 shared loop on the bootstrapped pairs (``data/multisubject``), so that one sequence carries 2, 3
 or 4 references. Each batch has one reference count, drawn with ``sft.ref_count_probs``; count 1
-means a batch of single-subject pairs (``data/single``) replayed so that the model keeps the skill
-it started with while it learns several references (the bootstrapped pairs are few, and tuning
-on them alone wears down the single-subject drawing).
+means a batch of single-subject pairs (``data/single``) replayed, so that the model keeps
+practising the task it started with while it learns several references from few bootstrapped
+pairs.
 Output: a ``save_pretrained`` generator folder (``models/sft``), loss history and sample grids.
 """
 from __future__ import annotations

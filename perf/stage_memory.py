@@ -10,7 +10,8 @@ steps: the data is loaded up front and every step has the same shapes):
 - judges    on data/multi + data/single
 - pretrain  on data/single (1 reference per sample)
 - sft       on data/multi, which has the layout and reference counts of data/multisubject
-            (2/3/4 references, batch ``sft.batch_size``), from the pretrain output
+            (2/3/4 references, batch ``sft.batch_size``) and data/single replayed as the
+            1-reference batches, from the pretrain output
 
 Each stage reports its own peak resident memory (``peak_rss_mb`` in its metrics JSON, as in
 every pipeline run). The baseline is a process that imports what the stages import and nothing
@@ -65,8 +66,8 @@ def main() -> None:
             "judges": ("components.judges", ["--data", "data", "--out", "models/judges", "--reports", "reports/judges"]),
             "pretrain": ("components.pretrain", ["--data", "data/single", "--out", "models/pretrain", "--reports",
                                                  "reports/pretrain"]),
-            "sft": ("components.sft", ["--data", "data/multi", "--init", "models/pretrain", "--out", "models/sft",
-                                       "--reports", "reports/sft"]),
+            "sft": ("components.sft", ["--data", "data/multi", "--single", "data/single", "--init", "models/pretrain",
+                                       "--out", "models/sft", "--reports", "reports/sft"]),
         }
         print(f"import baseline: {base:.0f} MiB (python + torch, diffusers, transformers, accelerate, mlflow)")
         print(f"{'stage':<10} {'peak MiB':>9} {'ratio to baseline':>18}")
