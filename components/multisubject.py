@@ -17,8 +17,9 @@ and no draws are spent on scenes already lost.
 
 Each subject ends with a status: ``kept``, ``not_in_target`` (the grounder missed it in the
 scene), ``not_in_reference`` (no redraw shows such a subject), ``inconsistent`` (every redraw's
-cosine is below the threshold) or ``not_drawn`` (an earlier subject of its scene failed). The bootstrapped dataset (``data/multisubject``, the same manifest
-layout, ``split = multisubject``) must pass the validation gate before it is published. Reports:
+cosine is below the threshold) or ``not_drawn`` (an earlier subject of its scene failed). The
+bootstrapped dataset (``data/multisubject``, the same manifest layout, ``split = multisubject``)
+must pass the validation gate before it is published. Reports:
 per-subject statuses and similarities, kept fraction per subset, why pairs were dropped, the
 similarity histogram with the threshold, and grids of kept and dropped pairs.
 """
@@ -51,7 +52,7 @@ from .world import backgrounds  # noqa: E402
 SPLIT = "multisubject"
 STATUSES = ("kept", "not_in_target", "not_in_reference", "inconsistent", "not_drawn")
 REASONS = STATUSES[1:4]  # why a pair is dropped; not_drawn never is the reason
-SEED_STRIDE = 100_003  # sampler seed offset between candidates (more than any run has batches)
+SEED_STRIDE = 100_003  # sampler seed offset between redraw rounds (more than any round has batches)
 
 
 @dataclass

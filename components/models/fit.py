@@ -123,7 +123,7 @@ def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainPa
                   grid_pool: int | None = None) -> dict:
     """Train ``model`` on ``data`` with the shared loop; save it to ``out`` (save_pretrained)
     and return the stage metrics. ``ref_count_probs`` picks each batch's reference count (SFT's
-    2/3/4 with configurable probabilities); by default in proportion to the rows. The sample
+    1/2/3/4 with configurable probabilities); by default in proportion to the rows. The sample
     grids show rows among the first ``grid_pool`` (default: all)."""
     groups = data.by_ref_count()
     counts = sorted(groups)
