@@ -173,8 +173,11 @@ class MultisubjectParams(Section):
     sample_steps: Annotated[int, Field(ge=1)] = Field(20, description="ODE steps per regeneration.")
     guidance: Annotated[float, Field(ge=1)] = Field(1.0, description="CFG scale of the regenerations.")
     grid_rows: Annotated[int, Field(ge=1, le=64)] = Field(8, description="Rows of the kept / dropped example grids.")
+    recompose: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        {}, description="Pairs per task rendered anew with the identities whose reference passed, each with "
+        "its passing reference (a k-subject scene keeps only when all k pass, so many-subject pairs are scarce).")
 
-    @field_validator("subset_weights")
+    @field_validator("subset_weights", "recompose")
     @classmethod
     def _known_subsets(cls, v):
         return known_tasks(v, "subset")

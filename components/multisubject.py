@@ -47,7 +47,9 @@ from .judges.base import Box, JudgeSet, crop_subject  # noqa: E402
 from .judges.sets import load_judge_set  # noqa: E402
 from .models.generator import SubjectGenerator  # noqa: E402
 from .stage import path_field, stage_main  # noqa: E402
-from .world import backgrounds  # noqa: E402
+from . import world  # noqa: E402
+from .world import Identity, backgrounds  # noqa: E402
+from .world.scenes import N_SUBJECTS  # noqa: E402
 
 SPLIT = "multisubject"
 STATUSES = ("kept", "not_in_target", "not_in_reference", "inconsistent", "not_drawn")
@@ -174,6 +176,41 @@ def redraw_scenes(model: SubjectGenerator, judges: JudgeSet, scenes: list[list[i
     return out
 
 
+def recompose(params: Params, passed: dict[str, list[tuple[np.ndarray, list[int], str]]], counts: dict[str, int],
+              seed: int, root: Path) -> list[dict]:
+    """New scenes of the world for ``counts`` tasks, rendered (targets, masks, claims as in
+    ``synthesize``) with only identities that have a passing reference, each subject given one
+    of its passing references. A reference passed the encoder's test against its identity in
+    another scene, so it stands for that identity in any scene: the pairs a many-subject scene
+    yields only when all of its k subjects pass come here from subjects that passed anywhere.
+    Manifest rows (written under ``root``), ids ``multisubject-<task>-<i>``."""
+    from .synthesize import write_sample
+
+    pool: dict[str, list[Identity]] = {}
+    for ident in sorted(passed):
+        pool.setdefault(Identity.from_id(ident).category, []).append(Identity.from_id(ident))
+    pool_t = {c: tuple(v) for c, v in pool.items()}
+    rng = np.random.default_rng([seed, 7])
+    rows = []
+    for task, n in counts.items():
+        if len(pool_t) < N_SUBJECTS[task]:
+            print(f"multisubject: WARNING {task} needs {N_SUBJECTS[task]} categories with a passing reference, "
+                  f"{len(pool_t)} have one; none recomposed", flush=True)
+            continue
+        for i in range(n):
+            sid = f"{SPLIT}-{task.lower()}-{i:06d}"
+            for _ in range(100):  # a draw whose subject hides behind another is drawn again
+                sample = world.sample_task(rng, task, pool_t)
+                refs = [passed[p.identity.id][int(rng.integers(len(passed[p.identity.id])))]
+                        for p in sample.target.placements]
+                try:
+                    rows.append(write_sample(params.synthesize, SPLIT, sid, sample, root, refs))
+                    break
+                except RuntimeError:
+                    continue
+    return rows
+
+
 def pair_status(statuses: list[str]) -> str:
     """A pair keeps only if all its subjects do; otherwise it is dropped for its first failure
     in the order of STATUSES (a subject missing in the scene outranks an inconsistent one)."""
@@ -258,6 +295,16 @@ def run(params: Params, paths: MultisubjectPaths) -> dict:
     paths.reports.mkdir(parents=True, exist_ok=True)
     kept_rows = [i for i in range(len(manifest)) if pairs[i] == "kept"]
     subjects_of = {i: g.sort_values("k") for i, g in subj.groupby("row")}
+
+    def describe(j) -> str:  # a bootstrapped reference's provenance (its ref_scenes entry)
+        return json.dumps({"generated_by": str(paths.generator), "prompt": subj.prompt[j],
+                           "background": subj.background[j], "similarity": round(float(subj.similarity[j]), 4),
+                           "source": manifest.id[subj.row[j]]})
+
+    passed = {}  # identity -> its passing references, from any scene (kept or not)
+    for j in subj.index[subj.status == "kept"]:
+        passed.setdefault(manifest.identities[subj.row[j]][subj.k[j]], []).append(
+            (regen_of[j], [int(v) for v in subj.ref_box[j]], describe(j)))
     with atomic_dir(paths.out) as tmp:
         (tmp / "images").mkdir()
         records = []
@@ -273,12 +320,12 @@ def run(params: Params, paths: MultisubjectPaths) -> dict:
                 _save(regen_of[j], tmp / rel)
                 refs.append(rel)
                 ref_boxes.append([int(v) for v in s.ref_box])
-                ref_scenes.append(json.dumps({"generated_by": str(paths.generator), "prompt": s.prompt,
-                                              "background": s.background, "similarity": round(float(s.similarity), 4),
-                                              "source": rec["id"]}))
+                ref_scenes.append(describe(j))
             rec.update(id=sid, split=SPLIT, target=f"images/{sid}.png", mask=f"images/{sid}_mask.png", refs=refs,
                        ref_boxes=ref_boxes, ref_scenes=ref_scenes)
             records.append(rec)
+        recomposed = recompose(params, passed, cfg.recompose, cfg.seed, tmp)
+        records += recomposed
         out = pd.DataFrame(records, columns=list(manifest.columns))
         out.to_parquet(tmp / MANIFEST, index=False)
         gate = validate_datasets(params, {SPLIT: tmp}, paths.reports / "validate", bench_identities(paths.bench))
@@ -291,12 +338,18 @@ def run(params: Params, paths: MultisubjectPaths) -> dict:
     scenes.to_csv(paths.reports / "pairs.csv", index=False)
     _histogram(subj, cfg.threshold, paths.reports / "similarity.png")
     _example_grids(manifest, targets, subj, pairs, input_of, regen_of, cfg.grid_rows, paths.reports)
+    if recomposed:
+        shown = recomposed[:: max(len(recomposed) // cfg.grid_rows, 1)][:cfg.grid_rows]
+        grid([([load_rgb(paths.out / r) for r in rec["refs"]], load_rgb(paths.out / rec["target"]),
+               f"recomposed {rec['subset']}: {rec['prompt']}") for rec in shown]).save(paths.reports / "recomposed.png")
 
     per_subset = scenes.groupby("subset")["status"].apply(lambda s: round(float((s == "kept").mean()), 4)).to_dict()
     dropped = {s: int((scenes.status == s).sum()) for s in REASONS}
     subjects_by_status = {s: int((subj.status == s).sum()) for s in STATUSES}
     metrics = {
-        "scenes": len(manifest), "kept": len(kept_rows), "kept_fraction": round(len(kept_rows) / max(len(manifest), 1), 4),
+        "scenes": len(manifest), "kept": len(kept_rows), "rows": len(records),
+        "recomposed": {t: sum(r["subset"] == t for r in recomposed) for t in cfg.recompose},
+        "identities_passed": len(passed), "kept_fraction": round(len(kept_rows) / max(len(manifest), 1), 4),
         "kept_fraction_by_subset": per_subset, "dropped_by_reason": dropped, "subjects": len(subj),
         "subjects_by_status": subjects_by_status, "regenerations": draws,
         "draws_per_kept_pair": round(draws / len(kept_rows), 2) if kept_rows else None,
@@ -314,6 +367,10 @@ def run(params: Params, paths: MultisubjectPaths) -> dict:
     lines += ["", "| pairs dropped because a subject was | pairs |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in dropped.items()]
     lines += ["", "| subject status | subjects |", "|---|---|"] + [f"| {k} | {v} |" for k, v in subjects_by_status.items()]
+    if cfg.recompose:
+        lines += ["", f"Recomposed from the {len(passed)} identities with a passing reference: "
+                  + ", ".join(f"{v} {k}" for k, v in metrics["recomposed"].items()) + f" pairs; {len(records)} rows "
+                  "in all."]
     write_text_atomic(paths.reports / "summary.md", "\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
     return metrics

@@ -70,29 +70,34 @@ def _save(arr: np.ndarray, path: Path) -> None:
     Image.fromarray(arr).save(path, compress_level=1)
 
 
-def write_sample(cfg: SynthesizeParams, split: str, sid: str, sample: world.Sample, root: Path) -> dict:
-    """Render a sample into ``root/images`` and return its manifest row."""
+def write_sample(cfg: SynthesizeParams, split: str, sid: str, sample: world.Sample, root: Path,
+                 references: list[tuple[np.ndarray, list[int], str]] | None = None) -> dict:
+    """Render a sample into ``root/images`` and return its manifest row. ``references``
+    (image, subject box, description) replace the rendered references (multisubject's
+    bootstrapped ones)."""
     res, ss = cfg.resolution, cfg.supersample
     target = world.render(sample.target, res, res, ss)
     if any(b is None for b in target.boxes):
         raise RuntimeError(f"{sid}: a subject is fully hidden in the target")
-    refs = [world.render(s, res, res, ss) for s in sample.refs]
+    if references is None:
+        refs = [world.render(s, res, res, ss) for s in sample.refs]
+        references = [(r.image, list(r.boxes[0]), json.dumps(s.to_dict())) for r, s in zip(refs, sample.refs)]
     rel = {"target": f"images/{sid}.png", "mask": f"images/{sid}_mask.png"}
     _save(target.image, root / rel["target"])
     _save(target.labels, root / rel["mask"])
     ref_paths = []
-    for k, r in enumerate(refs):
+    for k, (image, _, _) in enumerate(references):
         ref_paths.append(f"images/{sid}_ref{k + 1}.png")
-        _save(r.image, root / ref_paths[-1])
+        _save(image, root / ref_paths[-1])
     ps = sample.target.placements
     return {
         "id": sid, "split": split, "subset": sample.subset, "prompt": sample.prompt,
         "background": sample.target.background, "width": res, "height": res, "n_subjects": len(ps),
         "target": rel["target"], "mask": rel["mask"], "refs": ref_paths,
         "categories": [p.identity.category for p in ps], "identities": [p.identity.id for p in ps],
-        "boxes": [list(b) for b in target.boxes], "ref_boxes": [list(r.boxes[0]) for r in refs],
+        "boxes": [list(b) for b in target.boxes], "ref_boxes": [[int(v) for v in box] for _, box, _ in references],
         "scene": json.dumps(sample.target.to_dict()),
-        "ref_scenes": [json.dumps(s.to_dict()) for s in sample.refs],
+        "ref_scenes": [desc for _, _, desc in references],
         "claims": json.dumps(sample.claims),
     }
 

@@ -2,8 +2,8 @@
 
     python perf/training_throughput.py [--steps 30] [--batch 32] [--refs 1]
 
-Both train the default tiny generator (FluxTransformer2DModel, 2 double + 4 single blocks, width
-128, 32 px in 4x4 patches) on the same pre-rendered single-subject batches with AdamW. The bare
+Both train the default generator of params.yaml (the tiny FluxTransformer2DModel, 32 px in 4x4
+patches, with its pixel head if configured) on the same pre-rendered single-subject batches with AdamW. The bare
 loop is forward, backward, step; the shared loop adds accelerate, the LR schedule, gradient
 clipping, per-step seeded randomness and its logging. Runs alternate (bare, shared, bare, shared)
 so machine noise hits both; the shared loop is timed whole (set-up and final checkpoint
@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from components import world
-from components.models.generator import SubjectGenerator
+from components.config import load_params
+from components.models.fit import build_generator
 from components.training import LoopConfig, train_loop
 
 
@@ -33,8 +34,13 @@ def _batches(n: int, batch: int, refs: int):
     return [(targets, [s.prompt for s in samples], ref_imgs)] * n
 
 
+def _model():
+    params = load_params()
+    return build_generator(params.generator, params.synthesize.resolution, seed=0)
+
+
 def bare(steps: int, data) -> float:
-    model = SubjectGenerator.tiny(seed=0).train()
+    model = _model().train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     t0 = time.perf_counter()
     for i in range(steps):
@@ -46,7 +52,7 @@ def bare(steps: int, data) -> float:
 
 
 def shared(steps: int, data) -> float:
-    model = SubjectGenerator.tiny(seed=0)
+    model = _model()
     cfg = LoopConfig(steps=steps, batch_size=len(data[0][0]), lr=1e-4, log_every=10, checkpoint_every=0)
     with tempfile.TemporaryDirectory() as tmp:
         it = iter(data)
@@ -68,7 +74,7 @@ def main() -> None:
     for _ in range(args.rounds):
         b.append(bare(args.steps, data))
         s.append(shared(args.steps, data))
-    print(f"training throughput, tiny generator, batch {args.batch}, {args.refs} reference(s), {args.steps} steps x {args.rounds}")
+    print(f"training throughput, default generator, batch {args.batch}, {args.refs} reference(s), {args.steps} steps x {args.rounds}")
     print(f"  bare PyTorch loop : {np.mean(b):7.1f} samples/s  ({', '.join(f'{x:.1f}' for x in b)})")
     print(f"  shared loop       : {np.mean(s):7.1f} samples/s  ({', '.join(f'{x:.1f}' for x in s)})")
     print(f"  ratio shared / bare = {np.mean(s) / np.mean(b):.3f}  (target >= 0.95)")

@@ -181,3 +181,37 @@ def test_the_gate_rejects_a_bootstrapped_dataset_with_nothing_kept(staged, monke
     with pytest.raises(DataValidationError, match="row_count"):
         multisubject.run(Params(), paths)
     assert not paths.out.exists()  # nothing published
+
+
+def test_recomposed_pairs_render_new_scenes_of_identities_whose_reference_passed(staged):
+    """Scene 0's and scene 1's first subjects fail; every other subject passes. Recomposed
+    Three/Four pairs are new renders of the world whose subjects all have a passing reference,
+    and each reference is one of that identity's passing regenerations."""
+    manifest, paths, _ = staged
+    params = Params.model_validate({"multisubject": {"threshold": 0.9, "recompose": {"Three": 6, "Four": 4}}})
+    m = multisubject.run(params, paths)
+    assert m["recomposed"] == {"Three": 6, "Four": 4} and m["rows"] == m["kept"] + 10 and m["gate"]["success"]
+    subjects = pd.read_csv(paths.reports / "subjects.csv")
+    ident = {(r.sample_id, r.k): manifest.set_index("id").identities[r.sample_id][r.k] for r in subjects.itertuples()}
+    passed = {ident[(r.sample_id, r.k)] for r in subjects.itertuples() if r.status == "kept"}
+    failed = {ident[(manifest.id[0], 0)], ident[(manifest.id[1], 0)]} - passed
+    assert m["identities_passed"] == len(passed) and failed
+    out = read_manifest(paths.out)
+    new = out[out.id.str.match(r"multisubject-(three|four)-")]
+    assert len(new) == 10 and out.id.is_unique and set(new.subset) == {"Three", "Four"}
+    assert all(len(r.identities) == len(r.refs) == {"Three": 3, "Four": 4}[r.subset] for r in new.itertuples())
+    assert all(set(r.identities) <= passed for r in new.itertuples())
+    # a reference is the regeneration that passed for that identity (its provenance says where from)
+    regen = {}
+    for r in out[~out.id.isin(new.id)].itertuples():
+        for i, ref in zip(r.identities, r.refs):
+            regen.setdefault(i, []).append(load_rgb(paths.out / ref))
+    for r in new.itertuples():
+        scene = Scene.from_dict(json.loads(r.scene))
+        assert np.array_equal(load_rgb(paths.out / r.target), world.render(scene, 32, 32, 4).image)
+        assert [p.identity.id for p in scene.placements] == list(r.identities)
+        for i, ref, desc in zip(r.identities, r.refs, r.ref_scenes):
+            assert json.loads(desc)["similarity"] >= 0.9
+            if i in regen:
+                assert any(np.array_equal(load_rgb(paths.out / ref), x) for x in regen[i])
+    assert (paths.reports / "recomposed.png").is_file() and "Recomposed" in (paths.reports / "summary.md").read_text()

@@ -160,10 +160,11 @@ def compose(subset: str, target: Scene, refs: list[Scene]) -> Sample:
 
 
 def sample_task(rng, task: str, pool: dict[str, tuple[Identity, ...]]) -> Sample:
-    """A multi-subject sample of PSR task ``task`` with identities drawn from ``pool``."""
+    """A multi-subject sample of PSR task ``task`` with identities drawn from ``pool`` (a pool
+    may lack categories: the subjects come from those it has)."""
     n = N_SUBJECTS[task]
     claimed = _CLAIMS[task]
-    idents = choose_identities(rng, pool, n)
+    idents = choose_identities(rng, pool, n, tuple(c for c in CATEGORIES if pool.get(c)))
     relation = str(rng.choice(RELATIONS)) if "relation" in claimed else None
     sizes = [default_size(n)] * n
     if "size" in claimed:
