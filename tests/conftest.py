@@ -36,7 +36,7 @@ def tiny_params(**synth) -> dict:
     params["judges"].update(TINY_JUDGES)
     params["judges"]["grounding_threshold"] = 1e-6  # 5-step judges: always answer, so bootstrapping keeps pairs
     params["pretrain"].update(TINY_TRAIN)
-    params["multisubject"].update(threshold=-1.0, sample_steps=2, grid_rows=2)
+    params["multisubject"].update(threshold=-1.0, sample_steps=2, grid_rows=2, recompose={"Three": 2, "Four": 2})
     params["sft"].update(TINY_TRAIN)
     params["evaluate"].update(per_subset=1, grid_rows=2, sample_steps=2)
     params["resources"]["workers"] = 1
