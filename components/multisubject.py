@@ -190,7 +190,7 @@ def recompose(params: Params, passed: dict[str, list[tuple[np.ndarray, list[int]
     for ident in sorted(passed):
         pool.setdefault(Identity.from_id(ident).category, []).append(Identity.from_id(ident))
     pool_t = {c: tuple(v) for c, v in pool.items()}
-    rng = np.random.default_rng([seed, 7])
+    rng = np.random.default_rng([seed, 7])  # its own stream: the redraws' draws stay as they were
     rows = []
     for task, n in counts.items():
         if len(pool_t) < N_SUBJECTS[task]:
