@@ -186,21 +186,19 @@ def recompose(params: Params, passed: dict[str, list[tuple[np.ndarray, list[int]
     Manifest rows (written under ``root``), ids ``multisubject-<task>-<i>``."""
     from .synthesize import write_sample
 
-    pool: dict[str, list[Identity]] = {}
-    for ident in sorted(passed):
-        pool.setdefault(Identity.from_id(ident).category, []).append(Identity.from_id(ident))
-    pool_t = {c: tuple(v) for c, v in pool.items()}
+    idents = [Identity.from_id(i) for i in sorted(passed)]
+    pool = {c: tuple(i for i in idents if i.category == c) for c in sorted({i.category for i in idents})}
     rng = np.random.default_rng([seed, 7])  # its own stream: the redraws' draws stay as they were
     rows = []
     for task, n in counts.items():
-        if len(pool_t) < N_SUBJECTS[task]:
+        if len(pool) < N_SUBJECTS[task]:
             print(f"multisubject: WARNING {task} needs {N_SUBJECTS[task]} categories with a passing reference, "
-                  f"{len(pool_t)} have one; none recomposed", flush=True)
+                  f"{len(pool)} have one; none recomposed", flush=True)
             continue
         for i in range(n):
             sid = f"{SPLIT}-{task.lower()}-{i:06d}"
             for _ in range(100):  # a draw whose subject hides behind another is drawn again
-                sample = world.sample_task(rng, task, pool_t)
+                sample = world.sample_task(rng, task, pool)
                 refs = [passed[p.identity.id][int(rng.integers(len(passed[p.identity.id])))]
                         for p in sample.target.placements]
                 try:

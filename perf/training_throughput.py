@@ -3,7 +3,7 @@
     python perf/training_throughput.py [--steps 30] [--batch 32] [--refs 1]
 
 Both train the default generator of params.yaml (the tiny FluxTransformer2DModel, 32 px in 4x4
-patches, with its pixel head if configured) on the same pre-rendered single-subject batches with AdamW. The bare
+patches) on the same pre-rendered single-subject batches with AdamW. The bare
 loop is forward, backward, step; the shared loop adds accelerate, the LR schedule, gradient
 clipping, per-step seeded randomness and its logging. Runs alternate (bare, shared, bare, shared)
 so machine noise hits both; the shared loop is timed whole (set-up and final checkpoint

@@ -212,6 +212,5 @@ def test_recomposed_pairs_render_new_scenes_of_identities_whose_reference_passed
         assert [p.identity.id for p in scene.placements] == list(r.identities)
         for i, ref, desc in zip(r.identities, r.refs, r.ref_scenes):
             assert json.loads(desc)["similarity"] >= 0.9
-            if i in regen:
-                assert any(np.array_equal(load_rgb(paths.out / ref), x) for x in regen[i])
+            assert i in regen and any(np.array_equal(load_rgb(paths.out / ref), x) for x in regen[i])
     assert (paths.reports / "recomposed.png").is_file() and "Recomposed" in (paths.reports / "summary.md").read_text()
