@@ -33,6 +33,9 @@ class SynthesizeParams(Section):
         0.1, description="Fraction of identities reserved for the benchmark (never in training).")
     identity_salt: str = Field("subjectflow-v1", description="Salt of the identity split hash.")
     single: Annotated[int, Field(ge=0)] = Field(3000, description="Single-subject pairs.")
+    single_same_placement: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0, description="Share of single-subject pairs whose target keeps the reference's pose, size and place "
+                         "(only the background changes).")
     standardize: Annotated[int, Field(ge=0)] = Field(1500, description="Standardization pairs.")
     multi: Annotated[int, Field(ge=0)] = Field(3000, description="Multi-subject scenes.")
     multi_tasks: dict[str, Annotated[float, Field(ge=0)]] = Field(

@@ -56,7 +56,7 @@ def make_sample(cfg: SynthesizeParams, split: str, index: int, subset: str | Non
     rng = np.random.default_rng(key)
     pool = world.identity_pool("bench" if split == "bench" else "train", cfg.heldout_fraction, cfg.identity_salt)
     if split == "single":
-        return world.sample_single(rng, pool)
+        return world.sample_single(rng, pool, cfg.single_same_placement)
     if split == "standardize":
         return world.sample_standardize(rng, pool, cfg.character_fraction)
     if split == "multi":

@@ -127,3 +127,23 @@ def test_scene_round_trips_through_json():
     again = world.Scene.from_dict(json.loads(json.dumps(s.target.to_dict())))
     assert again == s.target
     assert np.array_equal(world.render(again).image, world.render(s.target).image)
+
+
+def test_same_placement_pairs_keep_the_subject_and_change_only_the_background():
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        s = sample_single(rng, POOL, same_placement=1.0)
+        (ref,) = s.refs
+        assert s.subset == "single" and s.target.placements == ref.placements
+        assert s.target.background != ref.background
+        assert s.claims == [{"type": "present", "subject": 0, "category": ref.placements[0].identity.category},
+                            {"type": "background", "value": s.target.background}]
+        assert backgrounds.PHRASES[s.target.background] in s.prompt
+        r = world.render(s.target)
+        assert r.boxes[0] is not None
+    # 0 spends no random draw on the choice: the default data is unchanged
+    assert sample_single(np.random.default_rng(9), POOL) == sample_single(np.random.default_rng(9), POOL, 0.0)
+    rng = np.random.default_rng(1)
+    mixed = [sample_single(rng, POOL, 0.5) for _ in range(200)]
+    same = sum(m.target.placements == m.refs[0].placements for m in mixed)
+    assert 70 <= same <= 130

@@ -183,9 +183,20 @@ def sample_task(rng, task: str, pool: dict[str, tuple[Identity, ...]]) -> Sample
     return compose(task, target, refs)
 
 
-def sample_single(rng, pool: dict[str, tuple[Identity, ...]]) -> Sample:
+def sample_single(rng, pool: dict[str, tuple[Identity, ...]], same_placement: float = 0.0) -> Sample:
     """Single-subject personalization: a reference in one context, the target in another,
-    stating background and either size or action."""
+    stating background and either size or action. With probability ``same_placement`` the
+    target keeps the reference's placement (pose, size and place) and only the background
+    changes: a re-contextualisation pair, which teaches the model to copy a subject before it
+    has to move and re-pose it (no random draw is spent on the choice when it is 0)."""
+    if same_placement > 0 and rng.random() < same_placement:
+        (ident,) = choose_identities(rng, pool, 1)
+        ref = reference_scene(rng, ident)
+        others = [b for b in backgrounds.SCENE_BACKGROUNDS if b != ref.background]
+        target = Scene(str(rng.choice(others)), int(rng.integers(2**31)), ref.placements)
+        sample = compose("Background", target, [ref])
+        sample.subset = "single"
+        return sample
     (ident,) = choose_identities(rng, pool, 1)
     kind = str(rng.choice(["Background", "Attribute", "Action"]))
     size = str(rng.choice(list(SIZES))) if kind == "Attribute" else default_size(1)
