@@ -189,22 +189,21 @@ def sample_single(rng, pool: dict[str, tuple[Identity, ...]], same_placement: fl
     target keeps the reference's placement (pose, size and place) and only the background
     changes: a re-contextualisation pair, which teaches the model to copy a subject before it
     has to move and re-pose it (no random draw is spent on the choice when it is 0)."""
-    if same_placement > 0 and rng.random() < same_placement:
-        (ident,) = choose_identities(rng, pool, 1)
-        ref = reference_scene(rng, ident)
+    same = same_placement > 0 and rng.random() < same_placement
+    (ident,) = choose_identities(rng, pool, 1)
+    if same:
+        kind, ref = "Background", reference_scene(rng, ident)
         others = [b for b in backgrounds.SCENE_BACKGROUNDS if b != ref.background]
         target = Scene(str(rng.choice(others)), int(rng.integers(2**31)), ref.placements)
-        sample = compose("Background", target, [ref])
-        sample.subset = "single"
-        return sample
-    (ident,) = choose_identities(rng, pool, 1)
-    kind = str(rng.choice(["Background", "Attribute", "Action"]))
-    size = str(rng.choice(list(SIZES))) if kind == "Attribute" else default_size(1)
-    action = str(rng.choice(actions_for(ident))) if kind == "Action" else default_action(ident)
-    (pt,) = _positions(rng, [SIZES[size]])
-    target = Scene(str(rng.choice(backgrounds.SCENE_BACKGROUNDS)), int(rng.integers(2**31)),
-                   (_placement(rng, ident, pt[0], pt[1], size, action),))
-    sample = compose(kind, target, [reference_scene(rng, ident)])
+    else:
+        kind = str(rng.choice(["Background", "Attribute", "Action"]))
+        size = str(rng.choice(list(SIZES))) if kind == "Attribute" else default_size(1)
+        action = str(rng.choice(actions_for(ident))) if kind == "Action" else default_action(ident)
+        (pt,) = _positions(rng, [SIZES[size]])
+        target = Scene(str(rng.choice(backgrounds.SCENE_BACKGROUNDS)), int(rng.integers(2**31)),
+                       (_placement(rng, ident, pt[0], pt[1], size, action),))
+        ref = reference_scene(rng, ident)
+    sample = compose(kind, target, [ref])
     sample.subset = "single"
     return sample
 
