@@ -34,7 +34,7 @@ class SynthesizeParams(Section):
     identity_salt: str = Field("subjectflow-v1", description="Salt of the identity split hash.")
     single: Annotated[int, Field(ge=0)] = Field(3000, description="Single-subject pairs.")
     single_same_placement: Annotated[float, Field(ge=0, le=1)] = Field(
-        0.0, description="Share of single-subject pairs whose target keeps the reference's pose, size and place "
+        0.5, description="Share of single-subject pairs whose target keeps the reference's pose, size and place "
                          "(only the background changes).")
     standardize: Annotated[int, Field(ge=0)] = Field(1500, description="Standardization pairs.")
     multi: Annotated[int, Field(ge=0)] = Field(3000, description="Multi-subject scenes.")
