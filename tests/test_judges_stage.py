@@ -166,7 +166,9 @@ def test_benchmark_command_scores_one_generator_and_logs_it(project, capsys):
 def test_benchmark_ranks_the_reference_generators(tmp_path):
     """With judges trained for about a minute on a small world, the benchmark already orders the
     reference generators as it must: oracle far above both floors on every dimension, and
-    copy_paste consistent with its references but below the oracle on aesthetics and semantics."""
+    copy_paste consistent with its references but below the oracle on aesthetics and semantics.
+    (With half the single pairs keeping their placement, 250 aesthetic steps left the oracle only
+    0.196 above copy_paste; 400 steps learn the seams.)"""
     from components.config import Params
     from components.synthesize import SynthesizePaths
     from components.synthesize import run as synthesize
@@ -175,7 +177,7 @@ def test_benchmark_ranks_the_reference_generators(tmp_path):
     raw["synthesize"].update(single=300, standardize=2, multi=300, bench_per_subset=8)
     raw["resources"]["workers"] = 2
     raw["judges"].update(width=16, batch_size=32, encoder_steps=250, grounder_steps=900, semantic_steps=200,
-                         aesthetic_steps=250)
+                         aesthetic_steps=400)
     params = Params.model_validate(raw)
     synthesize(params, SynthesizePaths(out=tmp_path / "data", reports=tmp_path / "r"))
     judges_stage.run(params, judges_stage.JudgesPaths(data=tmp_path / "data", out=tmp_path / "judges",
@@ -188,4 +190,4 @@ def test_benchmark_ranks_the_reference_generators(tmp_path):
     # Brief training leaves the grounder missing a third of the subjects (SC ~0.38 for the
     # oracle here, ~0.77 with the default judges), so copy_paste is compared with the floors.
     assert o["copy_paste"]["SC"] > max(o["background_only"]["SC"], o["noise"]["SC"]) + 0.15
-    assert o["copy_paste"]["AES"] < o["oracle"]["AES"] - 0.2 and o["copy_paste"]["SA"] < o["oracle"]["SA"]
+    assert o["copy_paste"]["AES"] < o["oracle"]["AES"] - 0.2 and o["copy_paste"]["SA"] < o["oracle"]["SA"], o
