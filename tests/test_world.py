@@ -5,7 +5,7 @@ import pytest
 
 from components import world
 from components.world import backgrounds
-from components.world.scenes import RELATIONS, relation_of, sample_single, sample_standardize, sample_task
+from components.world.scenes import RELATIONS, choose_identities, relation_of, sample_single, sample_standardize, sample_task
 
 POOL = world.identity_pool("train", 0.1, "test-salt")
 BENCH = world.identity_pool("bench", 0.1, "test-salt")
@@ -141,8 +141,11 @@ def test_same_placement_pairs_keep_the_subject_and_change_only_the_background():
         assert backgrounds.PHRASES[s.target.background] in s.prompt
         r = world.render(s.target)
         assert r.boxes[0] is not None
-    # 0 spends no random draw on the choice: the default data is unchanged
-    assert sample_single(np.random.default_rng(9), POOL) == sample_single(np.random.default_rng(9), POOL, 0.0)
+    # share 0 spends no random draw on the choice: the first draw still picks the identity, so
+    # data made with 0 is the data made before the option existed
+    for seed in range(10):
+        (first,) = choose_identities(np.random.default_rng(seed), POOL, 1)
+        assert sample_single(np.random.default_rng(seed), POOL, 0.0).refs[0].placements[0].identity == first
     rng = np.random.default_rng(1)
     mixed = [sample_single(rng, POOL, 0.5) for _ in range(200)]
     same = sum(m.target.placements == m.refs[0].placements for m in mixed)
