@@ -170,6 +170,10 @@ class MultisubjectParams(Section):
         0.5, description="Minimum encoder cosine between a regenerated reference and its subject.")
     subject_size: Annotated[int, Field(ge=4)] = Field(
         20, description="Side in pixels of the subject crop given to the single-subject model, centred.")
+    in_place: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0, description="Share of the scenes whose subjects are handed to the model where they sit in the scene "
+        "(alone, the surround continued from the box) rather than re-centred at subject_size: their references "
+        "show each subject at its target placement.")
     batch_size: Annotated[int, Field(ge=1)] = Field(64, description="Regenerations per sampler call.")
     candidates: Annotated[int, Field(ge=1)] = Field(
         1, description="Most redraws per subject (other seeds): it is redrawn until one passes the threshold.")

@@ -5,7 +5,13 @@ is made first (here: rendered, ``data/multi``), then
 
 1. the grounding judge finds each subject by its category in that image and crops it;
 2. the single-subject model (``models/pretrain``) redraws each crop in a new scene (another
-   background, named in a single-subject prompt), and those regenerations become the references;
+   background, named in a single-subject prompt), and those regenerations become the references.
+   The crop is handed over either re-centred at a fixed size (``isolate``: the reference shows
+   the subject somewhere, as a user's photo would) or, for a share ``in_place`` of the scenes,
+   where it sits in the scene (``keep_in_place``): a single-subject model that learnt to keep a
+   subject's placement then draws it there, and the pair teaches SFT to put each reference's
+   subject where it already is while drawing several at once (the multi-subject counterpart of
+   ``synthesize.single_same_placement``);
 3. the reward judges compare each regeneration with the subject it came from (encoder cosine of
    the grounded crops); a pair keeps only if every one of its references reaches the threshold.
 
@@ -83,6 +89,17 @@ def isolate(image: np.ndarray, box: Box, subject_size: int) -> np.ndarray:
     crop = crop_subject(image, box, size=side, pad=0.1)
     top, left = (h - side) // 2, (w - side) // 2
     return np.pad(crop, ((top, h - side - top), (left, w - side - left), (0, 0)), mode="edge")
+
+
+def keep_in_place(image: np.ndarray, box: Box, pad: float = 0.1) -> np.ndarray:
+    """The subject in ``box`` where it sits in ``image``, alone: the box (padded by ``pad`` of its
+    longer side) kept as it is, everything around it continued from the box's edges, so the other
+    subjects of the scene are gone. The in-place counterpart of :func:`isolate`."""
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = (int(v) for v in box)
+    p = int(round(max(x1 - x0, y1 - y0) * pad))
+    x0, y0, x1, y1 = max(x0 - p, 0), max(y0 - p, 0), min(max(x1 + p, x0 + 1), w), min(max(y1 + p, y0 + 1), h)
+    return np.pad(image[y0:y1, x0:x1], ((y0, h - y1), (x0, w - x1), (0, 0)), mode="edge")
 
 
 def regeneration_prompt(category: str, background: str) -> str:
@@ -254,6 +271,8 @@ def run(params: Params, paths: MultisubjectPaths) -> dict:
     subj = pd.DataFrame([{"row": i, "sample_id": r.id, "subset": r.subset, "k": k, "category": c}
                          for i, r in enumerate(manifest.itertuples()) for k, c in enumerate(r.categories)])
     subj["background"] = [b for r in manifest.itertuples() for b in new_backgrounds(rng, [r.background] * len(r.categories))]
+    in_place = np.random.default_rng([cfg.seed, 11]).random(len(manifest)) < cfg.in_place  # own stream
+    subj["in_place"] = in_place[subj.row]
 
     # 1. ground every subject in its scene
     grounded = judges.grounder.ground([targets[i] for i in subj.row], list(subj.category))
@@ -264,7 +283,8 @@ def run(params: Params, paths: MultisubjectPaths) -> dict:
     # judge the redraws (rejection sampling, scene by scene: see redraw_scenes)
     complete = subj.groupby("row")["target_box"].transform(lambda b: b.notna().all())
     todo = list(subj.index[complete])
-    inputs = [isolate(targets[subj.row[j]], subj.target_box[j], cfg.subject_size) for j in todo]
+    inputs = [keep_in_place(targets[subj.row[j]], subj.target_box[j]) if subj.in_place[j] else
+              isolate(targets[subj.row[j]], subj.target_box[j], cfg.subject_size) for j in todo]
     prompts = [regeneration_prompt(subj.category[j], subj.background[j]) for j in todo]
     subj["prompt"] = None
     subj.loc[todo, "prompt"] = prompts
@@ -296,6 +316,7 @@ def run(params: Params, paths: MultisubjectPaths) -> dict:
 
     def describe(j) -> str:  # a bootstrapped reference's provenance (its ref_scenes entry)
         return json.dumps({"generated_by": str(paths.generator), "prompt": subj.prompt[j],
+                           "in_place": bool(subj.in_place[j]),
                            "background": subj.background[j], "similarity": round(float(subj.similarity[j]), 4),
                            "source": manifest.id[subj.row[j]]})
 
@@ -332,7 +353,7 @@ def run(params: Params, paths: MultisubjectPaths) -> dict:
     subj.assign(target_box=subj.target_box.map(lambda b: None if b is None else list(b)),
                 ref_box=subj.ref_box.map(lambda b: None if b is None else list(b))
                 ).drop(columns="row").to_csv(paths.reports / "subjects.csv", index=False)
-    scenes = manifest[["id", "subset"]].assign(status=[pairs[i] for i in range(len(manifest))])
+    scenes = manifest[["id", "subset"]].assign(status=[pairs[i] for i in range(len(manifest))], in_place=in_place)
     scenes.to_csv(paths.reports / "pairs.csv", index=False)
     _histogram(subj, cfg.threshold, paths.reports / "similarity.png")
     _example_grids(manifest, targets, subj, pairs, input_of, regen_of, cfg.grid_rows, paths.reports)
@@ -342,13 +363,16 @@ def run(params: Params, paths: MultisubjectPaths) -> dict:
                f"recomposed {rec['subset']}: {rec['prompt']}") for rec in shown]).save(paths.reports / "recomposed.png")
 
     per_subset = scenes.groupby("subset")["status"].apply(lambda s: round(float((s == "kept").mean()), 4)).to_dict()
+    by_mode = {mode: {"scenes": int(sel.sum()), "kept": int((scenes.status[sel] == "kept").sum())}
+               for mode, sel in (("in_place", scenes.in_place), ("moved", ~scenes.in_place))}
     dropped = {s: int((scenes.status == s).sum()) for s in REASONS}
     subjects_by_status = {s: int((subj.status == s).sum()) for s in STATUSES}
     metrics = {
         "scenes": len(manifest), "kept": len(kept_rows), "rows": len(records),
         "recomposed": {t: sum(r["subset"] == t for r in recomposed) for t in cfg.recompose},
         "identities_passed": len(passed), "kept_fraction": round(len(kept_rows) / max(len(manifest), 1), 4),
-        "kept_fraction_by_subset": per_subset, "dropped_by_reason": dropped, "subjects": len(subj),
+        "kept_fraction_by_subset": per_subset,
+        "in_place": by_mode["in_place"], "moved": by_mode["moved"], "dropped_by_reason": dropped, "subjects": len(subj),
         "subjects_by_status": subjects_by_status, "regenerations": draws,
         "draws_per_kept_pair": round(draws / len(kept_rows), 2) if kept_rows else None,
         "similarity_mean": round(float(np.nanmean(subj.similarity)), 4) if draws else None,
@@ -362,6 +386,8 @@ def run(params: Params, paths: MultisubjectPaths) -> dict:
              f"{cfg.threshold} on the {cfg.judge_set} judges' encoder cosine.", "",
              "| subset | scenes | kept fraction |", "|---|---|---|"]
     lines += [f"| {k} | {int((scenes.subset == k).sum())} | {v:.1%} |" for k, v in per_subset.items()]
+    lines += ["", "| references drawn | scenes | kept |", "|---|---|---|"]
+    lines += [f"| {k.replace('_', ' ')} | {v['scenes']} | {v['kept']} |" for k, v in by_mode.items()]
     lines += ["", "| pairs dropped because a subject was | pairs |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in dropped.items()]
     lines += ["", "| subject status | subjects |", "|---|---|"] + [f"| {k} | {v} |" for k, v in subjects_by_status.items()]

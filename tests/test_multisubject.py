@@ -17,7 +17,7 @@ from components.config import Params
 from components.datasets import read_manifest
 from components.grids import load_rgb
 from components.judges.base import JudgeSet
-from components.multisubject import MultisubjectPaths, isolate, pair_status
+from components.multisubject import MultisubjectPaths, isolate, keep_in_place, pair_status
 from components.stage import DataValidationError
 from components.world.render import Scene
 from tests.test_rewards import ConstantAesthetic, HistogramEncoder, Truth, TruthGrounder, TruthSemantic
@@ -32,6 +32,20 @@ def test_isolate_centres_the_subject_crop_at_the_given_size():
     (y0, x0), (y1, x1) = white.min(0), white.max(0)
     assert abs((x0 + x1) / 2 - 15.5) <= 1 and abs((y0 + y1) / 2 - 15.5) <= 1  # centred
     assert 14 <= x1 - x0 + 1 <= 20  # scaled up from 10 px to most of the 20 px crop
+
+
+def test_keep_in_place_keeps_the_subject_where_it_sits_and_drops_the_others():
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[:] = (40, 90, 200)  # sky
+    image[2:8, 20:30] = 255  # the subject, 10x6, top right
+    image[20:30, 2:12] = (200, 30, 30)  # another subject, bottom left
+    out = keep_in_place(image, (20, 2, 30, 8))
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert np.array_equal(out[2:8, 20:30], image[2:8, 20:30])  # same pixels, same place, same size
+    assert not np.any(np.all(out == (200, 30, 30), axis=-1))  # the other subject is gone
+    assert np.all(out[20:30, 2:12] == (40, 90, 200))  # its place continues the box's surround
+    edge = keep_in_place(image, (0, 0, 3, 3), pad=0.5)  # a box at the border stays inside the image
+    assert edge.shape == image.shape and np.array_equal(edge[:3, :3], image[:3, :3])
 
 
 def test_scenes_are_drawn_with_their_subset_weights():
@@ -70,25 +84,26 @@ def staged(judge_world, tmp_path, monkeypatch):
     judges = JudgeSet(HistogramEncoder(), TruthGrounder(truth), TruthSemantic(truth), ConstantAesthetic())
     pool = world.identity_pool("bench", 0.1, "subjectflow-v1")
     targets = [load_rgb(data / "multi" / t) for t in manifest.target]
-    regenerations, perfect, inputs = {}, {}, []  # per subject: its redraw, a perfect one, its input
+    regenerations, perfect, modes, inputs = {}, {}, {}, []  # per input: its redraw, a perfect one, its mode
     for i, (scene_json, n) in enumerate(zip(manifest.scene, manifest.n_subjects)):
         scene = Scene.from_dict(json.loads(scene_json))
         for k in range(n):
             box = judges.grounder.ground([targets[i]], [scene.placements[k].identity.category])[0].box
-            inputs.append(isolate(targets[i], box, 20).tobytes())  # what the stage hands the model
-            key = inputs[-1]
-            perfect[key] = truth.render(scene)
+            # what the stage hands the model: the subject re-centred, or where it sits (in_place)
+            keys = (isolate(targets[i], box, 20).tobytes(), keep_in_place(targets[i], box).tobytes())
+            inputs += keys
             if i == 0 and k == 0:  # the same category, in colours the subject does not have
                 p = scene.placements[0]
                 other = next(x for x in pool[p.identity.category] if not set(x.colors) & set(p.identity.colors))
-                regenerations[key] = truth.render(replace(scene, placements=(replace(p, identity=other),)
-                                                          + scene.placements[1:]))
+                redraw = truth.render(replace(scene, placements=(replace(p, identity=other),) + scene.placements[1:]))
             elif i == 1 and k == 0:
-                regenerations[key] = np.zeros((32, 32, 3), np.uint8)
+                redraw = np.zeros((32, 32, 3), np.uint8)
             else:  # a perfect redraw: the subject exactly as in the scene
-                regenerations[key] = perfect[key]
+                redraw = truth.render(scene)
+            for key, mode in zip(keys, ("moved", "in_place")):
+                perfect[key], regenerations[key], modes[key] = truth.render(scene), redraw, mode
     assert len(set(inputs)) == len(inputs)  # every subject's input is its own
-    calls = {"seeds": [], "prompts": [], "inputs": [], "perfect": perfect}
+    calls = {"seeds": [], "prompts": [], "inputs": [], "perfect": perfect, "modes": modes}
 
     def fake_regenerate(model, inputs, prompts, batch_size, steps, guidance, seed):
         calls["prompts"] += prompts
@@ -138,6 +153,32 @@ def test_bootstrapping_keeps_consistent_pairs_and_says_why_others_were_dropped(s
     assert len(row.refs) == len(src.refs) and all((paths.out / r).is_file() for r in row.refs)
     for name in ("summary.md", "similarity.png", "kept.png", "dropped.png", "pairs.csv", "validate/summary.md"):
         assert (paths.reports / name).is_file(), name
+
+
+def test_a_share_of_scenes_hands_its_subjects_over_in_place(staged):
+    """``in_place`` decides per scene how its subjects reach the model: every subject of an
+    in-place scene where it sits in the scene, every other one re-centred; the share follows the
+    knob, and each reference's provenance says which it was."""
+    manifest, paths, calls = staged
+    m = multisubject.run(Params.model_validate({"multisubject": {"threshold": 0.9, "in_place": 0.5}}), paths)
+    subjects = pd.read_csv(paths.reports / "subjects.csv")
+    drawn = subjects[subjects.draws > 0]
+    assert sorted(calls["modes"][x] for x in calls["inputs"]) == sorted(
+        "in_place" if v else "moved" for v in drawn.in_place)
+    assert (subjects.groupby("sample_id").in_place.nunique() == 1).all()  # one mode per scene
+    n_in = int(subjects.groupby("sample_id").in_place.first().sum())
+    assert 0 < n_in < len(manifest) and m["in_place"]["scenes"] == n_in
+    assert m["in_place"]["scenes"] + m["moved"]["scenes"] == len(manifest)
+    assert m["in_place"]["kept"] + m["moved"]["kept"] == m["kept"]
+    out = read_manifest(paths.out)
+    flags = subjects.set_index(["sample_id", "k"]).in_place
+    for r in out.itertuples():
+        for k, desc in enumerate(r.ref_scenes):
+            assert json.loads(desc)["in_place"] == bool(flags[(json.loads(desc)["source"], k)])
+    for share, mode in ((0.0, "moved"), (1.0, "in_place")):
+        calls["inputs"].clear()
+        multisubject.run(Params.model_validate({"multisubject": {"threshold": 0.9, "in_place": share}}), paths)
+        assert calls["inputs"] and {calls["modes"][x] for x in calls["inputs"]} == {mode}
 
 
 def test_a_failing_subject_is_redrawn_until_one_passes(staged, monkeypatch):
