@@ -92,16 +92,17 @@ def staged(judge_world, tmp_path, monkeypatch):
             # what the stage hands the model: the subject re-centred, or where it sits (in_place)
             keys = (isolate(targets[i], box, 20).tobytes(), keep_in_place(targets[i], box).tobytes())
             inputs += keys
+            exact = truth.render(scene)  # a perfect redraw: the subject exactly as in the scene
             if i == 0 and k == 0:  # the same category, in colours the subject does not have
                 p = scene.placements[0]
                 other = next(x for x in pool[p.identity.category] if not set(x.colors) & set(p.identity.colors))
                 redraw = truth.render(replace(scene, placements=(replace(p, identity=other),) + scene.placements[1:]))
             elif i == 1 and k == 0:
                 redraw = np.zeros((32, 32, 3), np.uint8)
-            else:  # a perfect redraw: the subject exactly as in the scene
-                redraw = truth.render(scene)
+            else:
+                redraw = exact
             for key, mode in zip(keys, ("moved", "in_place")):
-                perfect[key], regenerations[key], modes[key] = truth.render(scene), redraw, mode
+                perfect[key], regenerations[key], modes[key] = exact, redraw, mode
     assert len(set(inputs)) == len(inputs)  # every subject's input is its own
     calls = {"seeds": [], "prompts": [], "inputs": [], "perfect": perfect, "modes": modes}
 
