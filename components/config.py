@@ -41,6 +41,10 @@ class SynthesizeParams(Section):
     multi_tasks: dict[str, Annotated[float, Field(ge=0)]] = Field(
         default_factory=lambda: {t: 1.0 for t in TASKS}, description="Relative weight of each PSR task in `multi`.")
     bench_per_subset: Annotated[int, Field(ge=1)] = Field(50, description="Benchmark samples per subset.")
+    bench_rows: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict, description="Subsets given another number of benchmark samples than bench_per_subset "
+                                          "(more rows resolve smaller differences); rows 0..n-1 of a subset are "
+                                          "the same whatever n is.")
     character_fraction: Annotated[float, Field(ge=0, le=1)] = Field(
         0.5, description="Fraction of standardization pairs showing the person (SerialGen's whole-body case).")
     grid_samples: Annotated[int, Field(ge=1, le=64)] = Field(8, description="Rows of each dataset's sample grid.")
@@ -52,6 +56,16 @@ class SynthesizeParams(Section):
         if sum(v.values()) <= 0:
             raise ValueError("weights must not all be zero")
         return v
+
+    @field_validator("bench_rows")
+    @classmethod
+    def _known_subsets(cls, v):
+        known_tasks(v, "subset")
+        return v
+
+    def bench_size(self, subset: str) -> int:
+        """Benchmark samples of ``subset``."""
+        return self.bench_rows.get(subset, self.bench_per_subset)
 
 
 class ValidateParams(Section):
@@ -103,6 +117,21 @@ class EvaluateParams(Section):
     grid_rows: Annotated[int, Field(ge=1, le=64)] = Field(8, description="Rows of each generator's sample grid.")
     sample_steps: Annotated[int, Field(ge=1)] = Field(20, description="ODE steps of trained generators.")
     guidance: Annotated[float, Field(ge=1)] = Field(1.0, description="CFG scale of trained generators (1 = off).")
+    compare: list[tuple[str, str]] = Field(
+        default_factory=list,
+        description="Pairs [baseline, candidate] of scored generators whose per-row differences are bootstrapped "
+                    "(paired: the same bench rows) into a mean and 95% interval per subset and dimension.")
+    bootstrap: Annotated[int, Field(ge=100)] = Field(2000, description="Bootstrap resamples of each comparison.")
+
+    @field_validator("compare")
+    @classmethod
+    def _compared_are_scored(cls, v, info):
+        scored = set(info.data.get("generators", []))
+        for pair in v:
+            missing = [g for g in pair if g not in scored]
+            if missing:
+                raise ValueError(f"compare names {missing}, which evaluate.generators does not score")
+        return v
 
 
 class GeneratorParams(Section):

@@ -40,12 +40,15 @@ def lineage_tags(root: Path) -> dict[str, str]:
 
 def score_tags(scores: dict, generator: str) -> dict[str, float]:
     """The generator's benchmark scores from metrics/evaluate.json, flattened:
-    ``bench.Overall.SC``, ``bench.Four.SC``, ... (timings left out)."""
+    ``bench.Overall.SC``, ``bench.Four.SC``, ... (timings left out), and its paired comparisons
+    with baselines (evaluate.compare): ``bench.vs.pretrain.Four.SC.low``, ..."""
     from .tracking import numeric_metrics
 
     mine = {k: v for k, v in scores.get(generator, {}).items() if k != "timing"}
     if not mine:
         raise KeyError(f"{generator!r} has no benchmark scores: list it in evaluate.generators")
+    for baseline, diffs in scores.get("compare", {}).get(generator, {}).items():
+        mine[f"vs.{baseline}"] = diffs
     return {f"bench.{k}": v for k, v in numeric_metrics(mine).items()}
 
 

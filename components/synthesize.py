@@ -43,7 +43,7 @@ def plan(cfg: SynthesizeParams, split: str) -> list[tuple[str, int, str | None]]
     """(sample id, index, subset or None) for every sample of a split; a benchmark subset's
     index is its position within the subset."""
     if split == "bench":
-        return [(f"bench-{t.lower()}-{i:04d}", i, t) for t in world.TASKS for i in range(cfg.bench_per_subset)]
+        return [(f"bench-{t.lower()}-{i:04d}", i, t) for t in world.TASKS for i in range(cfg.bench_size(t))]
     n = getattr(cfg, split)
     return [(f"{split}-{i:06d}", i, None) for i in range(n)]
 

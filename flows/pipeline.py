@@ -54,7 +54,8 @@ def _gate_report(root: Path, info: lineage.StageInfo) -> str:
 
 
 def _publish_tables(root: Path, info: lineage.StageInfo) -> None:
-    """A stage's result table (reports/<stage>/table.csv) becomes a Prefect table artifact."""
+    """A stage's result table (reports/<stage>/table.csv) becomes a Prefect table artifact, its
+    comparisons (compare.md, evaluate) a Markdown one."""
     import pandas as pd
 
     for rel in info.outs:
@@ -62,6 +63,10 @@ def _publish_tables(root: Path, info: lineage.StageInfo) -> None:
         if table.exists():
             records = pd.read_csv(table).round(4).to_dict(orient="records")
             create_table_artifact(records, key=f"{info.name}-table", description=f"{info.name} results")
+        compare = root / rel / "compare.md"
+        if compare.exists():
+            create_markdown_artifact(compare.read_text(), key=f"{info.name}-compare",
+                                     description=f"{info.name}: paired differences with bootstrap intervals")
 
 
 @task(retry_condition_fn=_retry_unless_data_invalid)

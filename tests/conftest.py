@@ -18,7 +18,8 @@ import dvc.repo  # noqa: E402,F401
 import prefect  # noqa: E402,F401
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"single": 24, "standardize": 12, "multi": 28, "bench_per_subset": 3, "grid_samples": 4}
+TINY = {"single": 24, "standardize": 12, "multi": 28, "bench_per_subset": 3, "bench_rows": {"Four": 4},
+        "grid_samples": 4}
 # Judges that train in seconds: the flow tests check the plumbing, not judge quality.
 TINY_JUDGES = {"width": 8, "embed_dim": 16, "batch_size": 16, "encoder_steps": 5, "grounder_steps": 5,
                "semantic_steps": 5, "aesthetic_steps": 5}

@@ -105,7 +105,11 @@ def test_first_run_runs_every_stage_and_records_it(project):
         for dim in ("SC", "SA", "AES"):
             assert 0 <= ev.data.metrics[f"{gen}.Overall.{dim}"] <= 1
     reports = {a.path for a in client.list_artifacts(ev.info.run_id, "reports/evaluate")}
-    assert {"reports/evaluate/table.csv", "reports/evaluate/radar_SC.png", "reports/evaluate/grid_oracle.png"} <= reports
+    assert {"reports/evaluate/table.csv", "reports/evaluate/radar_SC.png", "reports/evaluate/grid_oracle.png",
+            "reports/evaluate/compare.md"} <= reports
+    sc = ev.data.metrics["compare.sft.pretrain.Overall.SC.difference"]  # params.yaml compares [pretrain, sft]
+    assert sc == pytest.approx(ev.data.metrics["sft.Overall.SC"] - ev.data.metrics["pretrain.Overall.SC"], abs=1e-3)
+    assert ev.data.metrics["compare.sft.pretrain.Overall.SC.low"] <= sc <= ev.data.metrics["compare.sft.pretrain.Overall.SC.high"]
     # outputs were pushed to the local DVC remote
     assert any((root / ".dvc-storage").rglob("*"))
 
@@ -126,7 +130,7 @@ def test_the_sft_generator_is_registered_with_scores_and_lineage(project, tmp_pa
     assert tags["git.commit"] and version.run_id == tags["run_id"] == register_run
     evaluated = json.loads((root / "metrics" / "evaluate.json").read_text())["sft"]
     assert float(tags["bench.Overall.SC"]) == pytest.approx(evaluated["Overall"]["SC"], abs=1e-4)
-    assert "bench.Four.SA" in tags
+    assert "bench.Four.SA" in tags and "bench.vs.pretrain.Four.SC.low" in tags
     image = generate("models:/subjectflow-generator@candidate", "the cat from image 1 in a forest",
                      [np.zeros((32, 32, 3), np.uint8)], steps=2)
     assert image.shape == (32, 32, 3) and image.dtype == np.uint8
@@ -156,6 +160,9 @@ def test_prefect_run_ends_with_a_summary_artifact(project):
         tables = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["evaluate-table"])))
     assert tables and tables[0].type == "table"
     assert {"oracle", "noise"} <= {row["generator"] for row in json.loads(tables[0].data)}
+    with get_client(sync_client=True) as client:
+        compared = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["evaluate-compare"])))
+    assert compared and "sft − pretrain" in compared[0].data
 
 
 def test_rerun_with_nothing_changed_skips_every_stage(project):

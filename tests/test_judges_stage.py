@@ -35,7 +35,7 @@ def project(judge_world, tmp_path_factory):
     params = default_params()
     params["judges"].update(width=8, embed_dim=16, batch_size=16, encoder_steps=6, grounder_steps=6,
                             semantic_steps=6, aesthetic_steps=6)
-    params["evaluate"].update(per_subset=2, grid_rows=4, generators=GENERATORS)
+    params["evaluate"].update(per_subset=2, grid_rows=4, generators=GENERATORS, compare=[])
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     code = judges_stage.main(["--params", str(root / "params.yaml"), "--data", str(data), "--out",
                               str(root / "models" / "judges"), "--reports", str(root / "reports" / "judges"),
@@ -178,6 +178,7 @@ def test_benchmark_ranks_the_reference_generators(tmp_path):
     raw["resources"]["workers"] = 2
     raw["judges"].update(width=16, batch_size=32, encoder_steps=250, grounder_steps=900, semantic_steps=200,
                          aesthetic_steps=400)
+    raw["evaluate"].update(generators=GENERATORS, compare=[["noise", "oracle"]])
     params = Params.model_validate(raw)
     synthesize(params, SynthesizePaths(out=tmp_path / "data", reports=tmp_path / "r"))
     judges_stage.run(params, judges_stage.JudgesPaths(data=tmp_path / "data", out=tmp_path / "judges",
@@ -191,3 +192,9 @@ def test_benchmark_ranks_the_reference_generators(tmp_path):
     # oracle here, ~0.77 with the default judges), so copy_paste is compared with the floors.
     assert o["copy_paste"]["SC"] > max(o["background_only"]["SC"], o["noise"]["SC"]) + 0.15
     assert o["copy_paste"]["AES"] < o["oracle"]["AES"] - 0.2 and o["copy_paste"]["SA"] < o["oracle"]["SA"], o
+    # The paired comparison: its mean is the tables' difference, its interval is clear of 0.
+    c = m["compare"]["oracle"]["noise"]
+    for d in DIMENSIONS:
+        assert c["Overall"][d]["difference"] == pytest.approx(o["oracle"][d] - o["noise"][d], abs=1e-3)
+        assert c["Overall"][d]["low"] > 0.1, (d, c["Overall"])
+    assert "oracle − noise" in (tmp_path / "rep" / "compare.md").read_text()

@@ -122,6 +122,17 @@ def benchmark(params: Params, bench_dir: Path, judges_dir: Path, reports: Path,
         report.radar(table, subsets, reports / f"radar_{dim}.png", dim)
     report.bars(table, subsets, reports / "subsets.png")
     metrics: dict = {"judge_set": cfg.judge_set, "samples": len(rows)}
+    scored = set(per_sample["generator"])
+    pairs = [(base, cand) for base, cand in cfg.compare if base in scored and cand in scored]
+    if pairs:  # `subjectflow benchmark` scores one generator: nothing to compare
+        comparisons = pd.concat([report.compare(per_sample, base, cand, subsets, cfg.bootstrap, cfg.seed)
+                                 for base, cand in pairs], ignore_index=True)
+        comparisons.to_csv(reports / "compare.csv", index=False, float_format="%.4f")
+        (reports / "compare.md").write_text(report.compare_markdown(comparisons, subsets))
+        for r in comparisons.itertuples():
+            metrics.setdefault("compare", {}).setdefault(r.candidate, {}).setdefault(r.baseline, {}).setdefault(
+                r.subset, {})[r.dimension] = {"difference": round(float(r.difference), 4),
+                                              "low": round(float(r.low), 4), "high": round(float(r.high), 4)}
     for r in table.itertuples():
         metrics.setdefault(r.generator, {})[str(r.subset)] = {
             "SC": round(float(r.SC), 4), "SA": round(float(r.SA), 4), "AES": round(float(r.AES), 4),

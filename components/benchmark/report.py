@@ -42,6 +42,54 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def compare(scores: pd.DataFrame, baseline: str, candidate: str, subsets: list[str], resamples: int = 2000,
+            seed: int = 0) -> pd.DataFrame:
+    """candidate − baseline on the same bench rows: per subset and dimension the mean difference
+    and a 95% percentile interval from a paired bootstrap (rows resampled with replacement, both
+    generators' scores of a row kept together). 'Overall' is the mean over subsets, as in
+    :func:`summarise`, its bootstrap resampling each subset's rows separately (stratified)."""
+    keys = ["id", "subset"]
+    a = scores[scores["generator"] == baseline].set_index(keys)
+    b = scores[scores["generator"] == candidate].set_index(keys)
+    if len(a) != len(b) or not a.index.equals(b.index):
+        raise ValueError(f"{baseline} and {candidate} were not scored on the same rows")
+    rng = np.random.default_rng(seed)
+    out = []
+    for dim in DIMENSIONS:
+        diff = (b[dim] - a[dim]).to_numpy(float)
+        subset_of = a.index.get_level_values("subset")
+        boots, means = [], []
+        for sub in subsets:
+            d = diff[subset_of == sub]
+            boot = d[rng.integers(len(d), size=(resamples, len(d)))].mean(axis=1)
+            boots.append(boot)
+            means.append(d.mean())
+            out.append((sub, dim, len(d), d.mean(), *np.percentile(boot, [2.5, 97.5])))
+        overall = np.mean(boots, axis=0)
+        out.append(("Overall", dim, len(diff), float(np.mean(means)), *np.percentile(overall, [2.5, 97.5])))
+    table = pd.DataFrame(out, columns=["subset", "dimension", "samples", "difference", "low", "high"])
+    table.insert(0, "candidate", candidate)
+    table.insert(0, "baseline", baseline)
+    return table
+
+
+def compare_markdown(comparisons: pd.DataFrame, subsets: list[str]) -> str:
+    """One Markdown table per comparison: rows are dimensions, columns subsets, each cell the
+    mean difference and its 95% interval; a * marks an interval that excludes 0."""
+    lines = []
+    for (base, cand), c in comparisons.groupby(["baseline", "candidate"], sort=False):
+        cols = subsets + ["Overall"]
+        lines += [f"{cand} − {base}, paired bootstrap 95% intervals (* excludes 0)", "",
+                  "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for dim in DIMENSIONS:
+            cells = c[c["dimension"] == dim].set_index("subset")
+            lines.append(f"| {dim} | " + " | ".join(
+                f"{r.difference:+.3f} [{r.low:+.3f}, {r.high:+.3f}]{'*' if r.low > 0 or r.high < 0 else ''}"
+                for r in (cells.loc[s] for s in cols)) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def radar(table: pd.DataFrame, subsets: list[str], path: Path, dimension: str = "SC") -> None:
     """One polygon per generator over the subsets, for one dimension (PSR's figure 1 style)."""
     angles = np.linspace(0, 2 * np.pi, len(subsets), endpoint=False).tolist()
