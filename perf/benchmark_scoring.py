@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--judges", type=Path, default=Path("models/judges/eval"), help="a trained judge set folder")
     args = ap.parse_args()
     raw = default_params()
-    raw["synthesize"].update(single=2, standardize=2, multi=400, bench_per_subset=args.per_subset)
+    raw["synthesize"].update(single=2, standardize=2, multi=400, bench_per_subset=args.per_subset, bench_rows={})
     raw["resources"]["workers"] = 1
     params = Params.model_validate(raw)
     with tempfile.TemporaryDirectory() as tmp:

@@ -44,6 +44,8 @@ def main() -> None:
     params = default_params()
     for key in ("single", "standardize", "multi", "bench_per_subset"):
         params["synthesize"][key] = max(1, int(params["synthesize"][key] * args.scale))
+    bench_rows = params["synthesize"].get("bench_rows", {})
+    params["synthesize"]["bench_rows"] = {t: max(1, int(n * args.scale)) for t, n in bench_rows.items()}
     with tempfile.TemporaryDirectory() as tmp:
         project = scaffold(Path(tmp) / "project", params)
         env = {**os.environ, "PREFECT_HOME": str(Path(tmp) / "prefect-home"),

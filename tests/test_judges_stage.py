@@ -174,7 +174,7 @@ def test_benchmark_ranks_the_reference_generators(tmp_path):
     from components.synthesize import run as synthesize
 
     raw = default_params()
-    raw["synthesize"].update(single=300, standardize=2, multi=300, bench_per_subset=8)
+    raw["synthesize"].update(single=300, standardize=2, multi=300, bench_per_subset=8, bench_rows={})
     raw["resources"]["workers"] = 2
     raw["judges"].update(width=16, batch_size=32, encoder_steps=250, grounder_steps=900, semantic_steps=200,
                          aesthetic_steps=400)

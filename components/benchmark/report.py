@@ -54,10 +54,10 @@ def compare(scores: pd.DataFrame, baseline: str, candidate: str, subsets: list[s
     if len(a) != len(b) or not a.index.equals(b.index):
         raise ValueError(f"{baseline} and {candidate} were not scored on the same rows")
     rng = np.random.default_rng(seed)
+    subset_of = a.index.get_level_values("subset")
     out = []
     for dim in DIMENSIONS:
         diff = (b[dim] - a[dim]).to_numpy(float)
-        subset_of = a.index.get_level_values("subset")
         boots, means = [], []
         for sub in subsets:
             d = diff[subset_of == sub]
