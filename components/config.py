@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .world import TASKS
 
@@ -212,11 +212,27 @@ class MultisubjectParams(Section):
     recompose: dict[str, Annotated[int, Field(ge=0)]] = Field(
         {}, description="Pairs per task rendered anew with the identities whose reference passed, each with "
         "its passing reference (a k-subject scene keeps only when all k pass, so many-subject pairs are scarce).")
+    recompose_layout: Literal["as_given", "slots"] = Field(
+        "as_given", description="Layout of the recomposed pairs: as_given = the world's free layout, references as "
+        "they passed; slots = subject k in slot k of a fixed arrangement, its re-centred reference shrunk into the "
+        "same slot (models/layout.py); the trained generator then packs three or four references the same way.")
 
     @field_validator("subset_weights", "recompose")
     @classmethod
     def _known_subsets(cls, v):
         return known_tasks(v, "subset")
+
+    @model_validator(mode="after")
+    def _slots_fit(self):
+        from .models.layout import SLOTS
+        from .world.scenes import N_SUBJECTS
+
+        if self.recompose_layout == "slots":
+            bad = [t for t, n in self.recompose.items() if n and N_SUBJECTS[t] not in SLOTS]
+            if bad:
+                raise ValueError(f"recompose_layout 'slots' has slots for {sorted(SLOTS)} subjects only; "
+                                 f"recompose names {bad}")
+        return self
 
 
 class SftParams(TrainParams):

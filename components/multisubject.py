@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import matplotlib
@@ -51,6 +51,7 @@ from .grids import grid, load_rgb  # noqa: E402
 from .io import atomic_dir, write_text_atomic  # noqa: E402
 from .judges.base import Box, JudgeSet, crop_subject  # noqa: E402
 from .judges.sets import load_judge_set  # noqa: E402
+from .models import layout  # noqa: E402
 from .models.generator import SubjectGenerator  # noqa: E402
 from .stage import path_field, stage_main  # noqa: E402
 from . import world  # noqa: E402
@@ -193,6 +194,19 @@ def redraw_scenes(model: SubjectGenerator, judges: JudgeSet, scenes: list[list[i
     return out
 
 
+def in_slots(sample: world.Sample, refs: list[tuple[np.ndarray, list[int], str]],
+             rng: np.random.Generator) -> tuple[world.Sample, list[tuple[np.ndarray, list[int], str]]]:
+    """The sample with subject k moved to slot k of the ``slots`` reference layout (jittered) and
+    reference k packed into the same slot, its subject box with it (``models/layout.py``). Only
+    positions change: a Three or Four prompt does not state them."""
+    n = len(refs)
+    centres = layout.slot_centres(n, rng)
+    placements = tuple(replace(p, cx=x, cy=y) for p, (x, y) in zip(sample.target.placements, centres))
+    packed = [(layout.pack(image, k, n), layout.pack_box(box, k, n, image.shape[0]), desc)
+              for k, (image, box, desc) in enumerate(refs)]
+    return replace(sample, target=replace(sample.target, placements=placements)), packed
+
+
 def recompose(params: Params, passed: dict[str, list[tuple[np.ndarray, list[int], str]]], counts: dict[str, int],
               seed: int, root: Path) -> list[dict]:
     """New scenes of the world for ``counts`` tasks, rendered (targets, masks, claims as in
@@ -200,9 +214,15 @@ def recompose(params: Params, passed: dict[str, list[tuple[np.ndarray, list[int]
     of its passing references. A reference passed the encoder's test against its identity in
     another scene, so it stands for that identity in any scene: the pairs a many-subject scene
     yields only when all of its k subjects pass come here from subjects that passed anywhere.
-    Manifest rows (written under ``root``), ids ``multisubject-<task>-<i>``."""
+    With ``multisubject.recompose_layout: slots`` only re-centred references are handed over, and
+    each scene is laid out by :func:`in_slots`. Manifest rows (written under ``root``), ids
+    ``multisubject-<task>-<i>``."""
     from .synthesize import write_sample
 
+    slots = params.multisubject.recompose_layout == "slots"
+    if slots:  # a packed reference must show its subject centred before it is shrunk into its slot
+        passed = {i: refs for i, refs in ((i, [r for r in refs if not json.loads(r[2])["in_place"]])
+                                          for i, refs in passed.items()) if refs}
     idents = [Identity.from_id(i) for i in sorted(passed)]
     pool = {c: tuple(i for i in idents if i.category == c) for c in sorted({i.category for i in idents})}
     rng = np.random.default_rng([seed, 7])  # its own stream: the redraws' draws stay as they were
@@ -218,6 +238,8 @@ def recompose(params: Params, passed: dict[str, list[tuple[np.ndarray, list[int]
                 sample = world.sample_task(rng, task, pool)
                 refs = [passed[p.identity.id][int(rng.integers(len(passed[p.identity.id])))]
                         for p in sample.target.placements]
+                if slots:
+                    sample, refs = in_slots(sample, refs, rng)
                 try:
                     rows.append(write_sample(params.synthesize, SPLIT, sid, sample, root, refs))
                     break
@@ -345,6 +367,7 @@ def run(params: Params, paths: MultisubjectPaths) -> dict:
             records.append(rec)
         recomposed = recompose(params, passed, cfg.recompose, cfg.seed, tmp)
         records += recomposed
+        layout.save_layout(tmp, cfg.recompose_layout if recomposed else "as_given")
         out = pd.DataFrame(records, columns=list(manifest.columns))
         out.to_parquet(tmp / MANIFEST, index=False)
         gate = validate_datasets(params, {SPLIT: tmp}, paths.reports / "validate", bench_identities(paths.bench))

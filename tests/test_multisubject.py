@@ -256,3 +256,46 @@ def test_recomposed_pairs_render_new_scenes_of_identities_whose_reference_passed
             assert json.loads(desc)["similarity"] >= 0.9
             assert i in regen and any(np.array_equal(load_rgb(paths.out / ref), x) for x in regen[i])
     assert (paths.reports / "recomposed.png").is_file() and "Recomposed" in (paths.reports / "summary.md").read_text()
+
+
+def test_slot_layout_puts_subject_k_and_its_packed_reference_in_slot_k(staged):
+    """``recompose_layout: slots``: a recomposed pair's subject k stands in slot k of
+    models/layout.py, its reference is one of the identity's re-centred passing regenerations
+    packed into the same slot (never an in-place one), and the dataset records the layout that
+    sft hands on to the model."""
+    from components.models import layout
+
+    manifest, paths, _ = staged
+    params = Params.model_validate({"multisubject": {"threshold": 0.9, "in_place": 0.5, "recompose": {"Three": 5, "Four": 5},
+                                                     "recompose_layout": "slots"}})
+    m = multisubject.run(params, paths)
+    assert m["recomposed"] == {"Three": 5, "Four": 5} and m["gate"]["success"]
+    assert layout.load_layout(paths.out) == "slots"
+    out = read_manifest(paths.out)
+    new = out[out.id.str.match(r"multisubject-(three|four)-")]
+    regen = {}  # identity -> its re-centred passing regenerations, with their subject boxes
+    for r in out[~out.id.isin(new.id)].itertuples():
+        for i, ref, box, desc in zip(r.identities, r.refs, r.ref_boxes, r.ref_scenes):
+            if not json.loads(desc)["in_place"]:
+                regen.setdefault(i, []).append((load_rgb(paths.out / ref), list(box)))
+    assert regen
+    for r in new.itertuples():
+        n = len(r.refs)
+        scene = Scene.from_dict(json.loads(r.scene))
+        for k, (p, box, ref, ref_box, desc, i) in enumerate(zip(scene.placements, r.boxes, r.refs, r.ref_boxes,
+                                                              r.ref_scenes, r.identities)):
+            sx, sy = layout.SLOTS[n][k]
+            assert abs(p.cx - sx) <= 0.04 + 1e-9 and abs(p.cy - sy) <= 0.04 + 1e-9
+            assert abs((box[0] + box[2]) / 2 / 32 - sx) < 0.15 and abs((box[1] + box[3]) / 2 / 32 - sy) < 0.15
+            assert not json.loads(desc)["in_place"]
+            image = load_rgb(paths.out / ref)
+            assert any(np.array_equal(image, layout.pack(x, k, n)) and list(ref_box) == layout.pack_box(b, k, n, 32)
+                       for x, b in regen[i])
+    # the free layout records as_given
+    multisubject.run(Params.model_validate({"multisubject": {"threshold": 0.9, "recompose": {"Three": 2}}}), paths)
+    assert layout.load_layout(paths.out) == "as_given"
+
+
+def test_slot_layout_rejects_tasks_it_has_no_slots_for():
+    with pytest.raises(ValidationError, match="slots for"):
+        Params.model_validate({"multisubject": {"recompose": {"Position": 3}, "recompose_layout": "slots"}})

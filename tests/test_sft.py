@@ -79,3 +79,19 @@ def test_sft_replays_single_subject_pairs_as_one_reference_batches(setup, monkey
     assert m["ref_counts"]["1"] == n_single and m["rows"] == n_single + len(read_manifest(data / "multi"))
     m, _ = _sft(root, data, monkeypatch, steps=4, ref_count_probs={2: 1.0})  # without count 1: no replay rows
     assert "1" not in m["ref_counts"] and m["rows"] == len(read_manifest(data / "multi"))
+
+
+def test_sft_hands_the_datas_reference_layout_on_to_the_model(setup, monkeypatch, tmp_path):
+    import shutil
+
+    from components.models import layout
+
+    root, data, _ = setup
+    m, _ = _sft(root, data, monkeypatch, steps=2)
+    assert m["reference_layout"] == "as_given" and layout.load_layout(root / "models" / "sft") == "as_given"
+    copy = tmp_path / "data"
+    for name in ("multi", "single"):
+        shutil.copytree(data / name, copy / name)
+    layout.save_layout(copy / "multi", "slots")
+    m, _ = _sft(root, copy, monkeypatch, steps=2)
+    assert m["reference_layout"] == "slots" and layout.load_layout(root / "models" / "sft") == "slots"

@@ -137,9 +137,11 @@ class TrainedGenerator:
     def __init__(self, folder: str | Path, name: str | None = None, steps: int = 20, guidance: float = 1.0,
                  batch: int = 64):
         from ..models.generator import SubjectGenerator
+        from ..models.layout import load_layout
 
         self.name = name or Path(folder).name
         self.model = SubjectGenerator.from_pretrained(folder).eval()
+        self.layout = load_layout(folder)  # how the model expects three or four references
         self.steps, self.guidance, self.batch = steps, guidance, batch
 
     def _check_size(self, height: int, width: int) -> None:
@@ -151,7 +153,10 @@ class TrainedGenerator:
         return self.generate_batch([prompt], [refs], height=height, width=width, seed=seed)[0]
 
     def generate_batch(self, prompts, refs, *, height, width, seed):
+        from ..models.layout import arrange
+
         self._check_size(height, width)
+        refs = [arrange(r, self.layout) for r in refs]
         out = []
         for i in range(0, len(prompts), self.batch):
             out += list(self.model.sample(prompts[i:i + self.batch], refs[i:i + self.batch], steps=self.steps,

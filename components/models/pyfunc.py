@@ -19,6 +19,8 @@ import numpy as np
 import pydantic
 from PIL import Image
 
+from .layout import arrange, load_layout
+
 ARTIFACT = "generator"
 
 
@@ -48,18 +50,21 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         from .generator import SubjectGenerator
 
         self.generator = SubjectGenerator.from_pretrained(context.artifacts[ARTIFACT]).eval()
+        self.layout = load_layout(context.artifacts[ARTIFACT])
 
     def predict(self, model_input: list[GenerationRequest], params=None) -> list[str]:
         return [png_b64(generate_images(self.generator, r.prompt, [from_png_b64(x) for x in r.refs], r.seed,
-                                        r.steps, r.guidance)) for r in model_input]
+                                        r.steps, r.guidance, self.layout)) for r in model_input]
 
 
 def generate_images(generator, prompt: str, refs: Sequence[np.ndarray], seed: int = 0, steps: int = 20,
-                    guidance: float = 1.0) -> np.ndarray:
-    """One image from a loaded SubjectGenerator; references are resized to its resolution."""
+                    guidance: float = 1.0, layout: str = "as_given") -> np.ndarray:
+    """One image from a loaded SubjectGenerator; references are resized to its resolution and
+    arranged in the reference layout it was trained with (``models/layout.py``)."""
     side = generator.config.resolution
     refs = [np.asarray(Image.fromarray(r).resize((side, side), Image.BICUBIC)) if r.shape[:2] != (side, side) else r
             for r in refs]
+    refs = arrange(refs, layout)
     return generator.sample([prompt], [list(refs)], steps=steps, guidance=guidance, seed=seed)["images"][0]
 
 
@@ -94,7 +99,8 @@ def generate(uri: str, prompt: str, refs: Sequence[np.ndarray], seed: int = 0, s
     if is_local_generator(uri):
         from .generator import SubjectGenerator
 
-        return generate_images(SubjectGenerator.from_pretrained(uri).eval(), prompt, refs, seed, steps, guidance)
+        return generate_images(SubjectGenerator.from_pretrained(uri).eval(), prompt, refs, seed, steps, guidance,
+                               load_layout(uri))
     model = mlflow.pyfunc.load_model(uri)
     req = GenerationRequest(prompt=prompt, refs=[png_b64(r) for r in refs], seed=seed, steps=steps, guidance=guidance)
     return from_png_b64(model.predict([req.model_dump()])[0])
