@@ -221,8 +221,8 @@ def recompose(params: Params, passed: dict[str, list[tuple[np.ndarray, list[int]
 
     slots = params.multisubject.recompose_layout == "slots"
     if slots:  # a packed reference must show its subject centred before it is shrunk into its slot
-        passed = {i: refs for i, refs in ((i, [r for r in refs if not json.loads(r[2])["in_place"]])
-                                          for i, refs in passed.items()) if refs}
+        recentred = {i: [r for r in refs if not json.loads(r[2])["in_place"]] for i, refs in passed.items()}
+        passed = {i: refs for i, refs in recentred.items() if refs}
     idents = [Identity.from_id(i) for i in sorted(passed)]
     pool = {c: tuple(i for i in idents if i.category == c) for c in sorted({i.category for i in idents})}
     rng = np.random.default_rng([seed, 7])  # its own stream: the redraws' draws stay as they were

@@ -35,6 +35,12 @@ SLOTS: dict[int, tuple[tuple[float, float], ...]] = {
 SCALE: dict[int, float] = {3: 0.8, 4: 0.6}
 
 
+def _known(layout: str, where: str = "") -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"{where}unknown reference layout {layout!r}; known: {LAYOUTS}")
+    return layout
+
+
 def _window(n: int, k: int, side: int) -> tuple[int, int, int]:
     """(x0, y0, s): the shrunk reference's square in the frame (may reach past the borders)."""
     s = int(round(side * SCALE[n]))
@@ -74,18 +80,14 @@ def slot_centres(n: int, rng: np.random.Generator, jitter: float = 0.04) -> list
 
 def arrange(refs: Sequence[np.ndarray], layout: str) -> list[np.ndarray]:
     """The references as a generator trained with ``layout`` expects them."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown reference layout {layout!r}; known: {LAYOUTS}")
     refs = list(refs)
-    if layout == "as_given" or len(refs) not in SLOTS:
+    if _known(layout) == "as_given" or len(refs) not in SLOTS:
         return refs
     return [pack(r, k, len(refs)) for k, r in enumerate(refs)]
 
 
 def save_layout(folder: str | Path, layout: str) -> None:
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown reference layout {layout!r}; known: {LAYOUTS}")
-    (Path(folder) / FILE).write_text(json.dumps({"layout": layout}) + "\n")
+    (Path(folder) / FILE).write_text(json.dumps({"layout": _known(layout)}) + "\n")
 
 
 def load_layout(folder: str | Path) -> str:
@@ -93,7 +95,4 @@ def load_layout(folder: str | Path) -> str:
     path = Path(folder) / FILE
     if not path.is_file():
         return "as_given"
-    layout = json.loads(path.read_text())["layout"]
-    if layout not in LAYOUTS:
-        raise ValueError(f"{path}: unknown reference layout {layout!r}; known: {LAYOUTS}")
-    return layout
+    return _known(json.loads(path.read_text())["layout"], f"{path}: ")
