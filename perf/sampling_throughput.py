@@ -4,7 +4,10 @@
 
 Samples the same prompts and references with the ODE sampler (``--steps`` Euler steps, no CFG,
 then with CFG 3, which doubles the transformer calls) for 1, 2 and 4 references: once as one
-batch, once image by image. Uses the trained generator folder if given, else a freshly
+batch, once image by image. A last row ("4 slots") times what serving a model trained with the
+``slots`` reference layout adds: packing each of the four references into its slot
+(``layout.arrange``) before the batched sampling, against the same batched sampling on references
+packed beforehand. Uses the trained generator folder if given, else a freshly
 initialised one of the default architecture (speed does not depend on the weights). Prints
 images/s of each and the ratio batched / one at a time.
 """
@@ -21,6 +24,7 @@ from components import world
 from components.config import load_params
 from components.models.fit import build_generator
 from components.models.generator import SubjectGenerator
+from components.models.layout import arrange
 
 
 def _inputs(n: int, refs: int):
@@ -58,6 +62,13 @@ def main() -> None:
             batched = _rate(lambda: gen.sample(prompts, references, **kw), args.images)
             single = _rate(lambda: [gen.sample([p], [r], **kw) for p, r in zip(prompts, references)], args.images)
             print(f"{refs:>4} {guidance:>4.0f} {batched:>14.1f} {single:>17.1f} {batched / single:>6.2f}", flush=True)
+    kw = dict(steps=args.steps, guidance=1.0)
+    prompts, references = _inputs(args.images, 4)
+    packed = [arrange(r, "slots") for r in references]
+    with_packing = _rate(lambda: gen.sample(prompts, [arrange(r, "slots") for r in references], **kw), args.images)
+    prepacked = _rate(lambda: gen.sample(prompts, packed, **kw), args.images)
+    print(f"4 slots: batched with packing {with_packing:.1f} img/s, references packed beforehand {prepacked:.1f} img/s, "
+          f"ratio {with_packing / prepacked:.3f}", flush=True)
 
 
 if __name__ == "__main__":
