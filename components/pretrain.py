@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Params
-from .models.fit import run_fit
+from .training.fit import run_fit
 from .stage import path_field, stage_main
 
 

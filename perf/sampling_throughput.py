@@ -22,7 +22,7 @@ import torch
 
 from components import world
 from components.config import load_params
-from components.models.fit import build_generator
+from components.training.fit import build_generator
 from components.models.generator import SubjectGenerator
 from components.models.layout import arrange
 

@@ -20,8 +20,9 @@ import torch
 
 from components import world
 from components.config import load_params
-from components.models.fit import build_generator
-from components.training import LoopConfig, train_loop
+from components.training.fit import build_generator
+from components.objectives import FlowMatching, FlowMatchingBatch
+from components.training import LoopConfig, Trainer
 
 
 def _batches(n: int, batch: int, refs: int):
@@ -31,7 +32,7 @@ def _batches(n: int, batch: int, refs: int):
                for _ in range(batch)]
     targets = np.stack([world.render(s.target).image for s in samples])
     ref_imgs = [[world.render(r).image for r in s.refs[:refs]] for s in samples]
-    return [(targets, [s.prompt for s in samples], ref_imgs)] * n
+    return [FlowMatchingBatch(targets, [s.prompt for s in samples], ref_imgs)] * n
 
 
 def _model():
@@ -41,24 +42,25 @@ def _model():
 
 def bare(steps: int, data) -> float:
     model = _model().train()
+    objective = FlowMatching()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     t0 = time.perf_counter()
     for i in range(steps):
-        loss = model.loss(*data[i], torch.Generator().manual_seed(i))
+        loss, _ = objective(model, data[i], torch.Generator().manual_seed(i))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return steps * len(data[0][0]) / (time.perf_counter() - t0)
+    return steps * len(data[0].prompts) / (time.perf_counter() - t0)
 
 
 def shared(steps: int, data) -> float:
     model = _model()
-    cfg = LoopConfig(steps=steps, batch_size=len(data[0][0]), lr=1e-4, log_every=10, checkpoint_every=0)
+    cfg = LoopConfig(steps=steps, batch_size=len(data[0].prompts), lr=1e-4, log_every=10, checkpoint_every=0)
     with tempfile.TemporaryDirectory() as tmp:
         it = iter(data)
         t0 = time.perf_counter()  # everything the loop costs: set-up, steps and its final checkpoint
-        train_loop(model, lambda rng, gen: next(it), lambda m, b, gen: m.loss(*b, gen), cfg, tmp, resume=False)
-        return steps * len(data[0][0]) / (time.perf_counter() - t0)
+        Trainer(model, FlowMatching(), cfg, tmp, make_batch=lambda rng, gen: next(it)).run(resume=False)
+        return steps * len(data[0].prompts) / (time.perf_counter() - t0)
 
 
 def main() -> None:

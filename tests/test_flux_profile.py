@@ -73,7 +73,7 @@ def test_flux_loads_by_path_with_only_lora_trainable(flux_dir, tmp_path):
 
 def test_params_select_the_real_profile(flux_dir):
     from components.config import GeneratorParams
-    from components.models.fit import build_generator
+    from components.training.fit import build_generator
 
     g = build_generator(GeneratorParams(pretrained=str(flux_dir), lora_rank=2), resolution=32, seed=0)
     assert g.config.base == str(flux_dir) and g.config.lora_rank == 2 and 0 < trainable_parameters(g)

@@ -11,6 +11,7 @@ from components import world
 from components.models.generator import (GeneratorConfig, SubjectGenerator, frame_ids, gaussian_log_prob,
                                          sde_step_moments, to_model, to_uint8)
 from components.models.text import UNK, build_tokenizer, tokenize, world_vocabulary
+from components.objectives import FlowMatching, FlowMatchingBatch
 
 SMALL = {"width": 32, "double_blocks": 1, "single_blocks": 1, "heads": 2, "text_hidden": 16, "text_layers": 1}
 
@@ -85,8 +86,9 @@ def test_the_target_sees_its_references(batch):
 def test_condition_dropout_is_seeded_and_complete(batch):
     targets, prompts, refs = batch
     g = SubjectGenerator.tiny(**SMALL)
-    la = g.loss(targets, prompts, refs, torch.Generator().manual_seed(3), 0.2, 0.2, 0.2)
-    lb = g.loss(targets, prompts, refs, torch.Generator().manual_seed(3), 0.2, 0.2, 0.2)
+    fm, b = FlowMatching(0.2, 0.2, 0.2), FlowMatchingBatch(targets, prompts, refs)
+    la, _ = fm(g, b, torch.Generator().manual_seed(3))
+    lb, _ = fm(g, b, torch.Generator().manual_seed(3))
     assert torch.equal(la, lb)
     with pytest.raises(ValueError, match="same number of references"):
         g.ref_tokens([refs[0], refs[1][:1]])
@@ -99,7 +101,7 @@ def test_a_tiny_generator_overfits_one_batch(batch):
     losses = []
     for step in range(150):
         # the same noise and times every step: one batch, fixed, to be memorised
-        loss = g.loss(targets, prompts, refs, torch.Generator().manual_seed(0))
+        loss, _ = FlowMatching()(g, FlowMatchingBatch(targets, prompts, refs), torch.Generator().manual_seed(0))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -164,8 +166,8 @@ def test_a_generator_over_an_autoencoder_works_in_its_latent_space(batch, tmp_pa
     assert z.shape == (4, 4, 8, 8) and g.pack(z).shape == (4, 64, 4)
     post = g.vae.encode(to_model(targets)).latent_dist.mean
     assert torch.allclose(z, (post - 0.1) * 0.5, atol=1e-6)  # the VAE's shift and scaling
-    loss = g(targets, prompts, refs, generator=torch.Generator().manual_seed(0),
-             masks=np.ones((4, 32, 32), np.uint8), subject_weight=3.0)
+    loss, _ = FlowMatching(subject_weight=3.0)(g, FlowMatchingBatch(targets, prompts, refs, np.ones((4, 32, 32), np.uint8)),
+                                               torch.Generator().manual_seed(0))
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is None for p in g.vae.parameters())  # frozen
     assert any(p.grad is not None for p in g.transformer.parameters())

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from components.config import Params
-from components.models.fit import load_pairs
+from components.training.fit import load_pairs
 from components.models.generator import SubjectGenerator
 from components.pretrain import PretrainPaths
 from components.pretrain import run as pretrain

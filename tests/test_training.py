@@ -69,30 +69,49 @@ def test_step_randomness_is_a_function_of_its_coordinates():
     assert torch.equal(torch.randn(3, generator=ga), torch.randn(3, generator=gb))
 
 
-def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path):
-    whole = _run(tmp_path / "whole", "--steps", "8", "--checkpoint-every", "2")
+@pytest.mark.parametrize("mode", [[], ["--on-policy"]], ids=["offline", "on-policy"])
+def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path, mode):
+    """Offline batches, and on-policy collections (killed in the middle of one: the experience
+    and the collector's state come back from the checkpoint)."""
+    whole = _run(tmp_path / "whole", "--steps", "8", "--checkpoint-every", "2", *mode)
     assert whole["step"] == 8 and whole["resumed_from"] is None
     assert [h["step"] for h in whole["history"]] == list(range(1, 9))
     # The same run, killed (SIGKILL) once its step-4 checkpoint is on disk, then started again.
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, str(SCRIPT), str(out), "--steps", "8", "--checkpoint-every", "2",
-                             "--sleep", "0.4"], env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                             "--sleep", "0.4", *mode], env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (out / "checkpoints" / "step-0000004").is_dir():
         assert proc.poll() is None and time.time() < deadline, "the run ended before its step-4 checkpoint"
         time.sleep(0.05)
-    time.sleep(0.5)  # the checkpoint's files are written; step 5 is under way
+    time.sleep(0.5)  # step 5 is under way
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "weights-rank0.pt").exists()
-    resumed = _run(out, "--steps", "8", "--checkpoint-every", "2")
+    resumed = _run(out, "--steps", "8", "--checkpoint-every", "2", *mode)
     assert resumed["resumed_from"] in (4, 6)
     assert _same(_weights(out)["raw"], _weights(tmp_path / "whole")["raw"])
     assert _same(_weights(out)["ema"], _weights(tmp_path / "whole")["ema"])
+    # the resumed steps log what the uninterrupted run logged (loss and every objective term)
+    terms = [k for k in whole["history"][0] if k not in ("samples_per_second",)]
+    assert [{k: h[k] for k in terms} for h in resumed["history"]] == \
+        [{k: h[k] for k in terms} for h in whole["history"] if h["step"] > resumed["resumed_from"]]
     # older checkpoints are pruned (keep 2)
     assert latest_checkpoint(out).name == "step-0000008"
     assert len(list((out / "checkpoints").iterdir())) == 2
+
+
+def test_on_policy_collects_from_the_current_weights_and_logs_every_term(tmp_path):
+    """Each collection comes from the weights of the moment: the first micro-batch after a
+    collection has ratio exactly 1 (6 optimizer steps per collection of 3 batches x 2 inner
+    epochs), later ones drift from 1 as the weights move; every term of the objective is logged."""
+    res = _run(tmp_path / "rl", "--steps", "12", "--checkpoint-every", "0", "--on-policy")
+    hist = res["history"]
+    assert {"loss", "ratio", "clipfrac", "reward", "lr", "samples_per_second"} <= set(hist[0])
+    fresh = [h for h in hist if h["step"] in (1, 7)]  # the first step after each collection
+    assert all(h["ratio"] == pytest.approx(1.0, abs=1e-6) and h["clipfrac"] == 0 for h in fresh)
+    assert any(abs(h["ratio"] - 1) > 1e-4 for h in hist if h["step"] not in (1, 7))
 
 
 def test_gradient_accumulation_runs_and_logs(tmp_path):

@@ -6,10 +6,10 @@ packs references: the target's tokens carry (0, h, w) and reference i's carry (i
 tells the frames apart while every frame shares one spatial grid. Only the target's tokens are
 read out, as a velocity.
 
-Training is rectified flow matching (FLUX's): ``x_t = (1 - t) x0 + t eps``, the model predicts
-``v = eps - x0``. Condition dropout (text, references, both) trains the unconditional branches
-classifier-free guidance needs. Sampling integrates the ODE from t = 1 to 0 (Euler), or runs
-Flow-GRPO's SDE, whose every step is Gaussian and returns its log-probability.
+The model predicts the velocity ``v = eps - x0`` of rectified flow (``x_t = (1 - t) x0 + t eps``,
+FLUX's); how it is trained is an objective's business (``components/objectives``). Sampling
+integrates the ODE from t = 1 to 0 (Euler), or runs Flow-GRPO's SDE, whose every step is
+Gaussian and returns its log-probability.
 
 Images are uint8 (H, W, 3) at the API, (B, 3, H, W) in [-1, 1] inside, and patch tokens of
 ``3 * patch**2`` channels in the transformer (no VAE: the default world is 32 px).
@@ -24,7 +24,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, FluxTransformer2DModel
 from torch import nn
 from transformers import AutoTokenizer, CLIPTextModel
@@ -203,7 +202,7 @@ class SubjectGenerator(nn.Module):
             x = self.vae.decode(x / self.vae.config.scaling_factor + (self.vae.config.shift_factor or 0.0)).sample
         return to_uint8(x)
 
-    def _space(self, images) -> torch.Tensor:
+    def to_space(self, images) -> torch.Tensor:
         """Images given as uint8 arrays are encoded; float tensors are already in the model's space."""
         if isinstance(images, torch.Tensor) and images.is_floating_point():
             return images.to(self.device)
@@ -258,39 +257,11 @@ class SubjectGenerator(nn.Module):
         flat = self.encode_images([im for r in refs for im in r])
         return self.pack(flat).reshape(len(refs), k, -1, self.config.channels)
 
-    # --- training ---------------------------------------------------------------------------
-
-    def forward(self, targets, prompts: Sequence[str], refs, generator: torch.Generator | None = None,
-                drop_text: float = 0.0, drop_refs: float = 0.0, drop_both: float = 0.0, masks=None,
-                subject_weight: float = 1.0) -> torch.Tensor:
-        """Flow-matching loss of one batch: uint8 targets (B, H, W, 3), prompts, references
-        (B lists of k uint8 images). Condition dropout: each sample independently loses its
-        prompt (-> ""), its references (-> blank), or both, with the given probabilities.
-        ``masks`` (B, H, W), nonzero on subjects, with ``subject_weight`` > 1 weight the subjects'
-        pixels that much more than the background's (normalised to a mean weight of 1).
-        The loss is the forward pass, so that DDP (which hooks ``forward``) syncs its gradients."""
-        x0 = self.pack(self._space(targets))
-        b = x0.shape[0]
-        ref = self.ref_tokens(refs)
-        u = torch.rand(b, generator=generator, device="cpu").to(self.device)
-        drop_t = u < drop_text + drop_both
-        drop_r = (u >= drop_text) & (u < drop_text + drop_refs + drop_both)
-        prompts = ["" if d else p for p, d in zip(prompts, drop_t.tolist())]
-        ref = torch.where(drop_r[:, None, None, None], torch.full_like(ref, -1.0), ref)  # blank = black frames
-        # Logit-normal t (SD3 / FLUX): more weight on the middle of the path.
-        t = torch.sigmoid(torch.randn(b, generator=generator).to(self.device))
-        eps = torch.randn(x0.shape, generator=generator).to(self.device)
-        x_t = (1 - t)[:, None, None] * x0 + t[:, None, None] * eps
-        v = self.velocity(x_t, t, self.encode_text(prompts), ref)
-        if masks is None or subject_weight == 1.0:
-            return F.mse_loss(v, eps - x0)
-        m = torch.as_tensor(np.asarray(masks) > 0, dtype=x0.dtype, device=x0.device)[:, None]
-        if self.config.space_size != m.shape[-1]:  # a latent covers a block of pixels: any subject in it counts
-            m = F.adaptive_max_pool2d(m, self.config.space_size)
-        w = self.pack((1.0 + (subject_weight - 1.0) * m).expand(-1, self.config.space_channels, -1, -1))
-        return ((v - (eps - x0)) ** 2 * w).sum() / w.sum()
-
-    loss = forward
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, text: tuple[torch.Tensor, torch.Tensor],
+                refs: torch.Tensor) -> torch.Tensor:
+        """The network's prediction, as a velocity (see ``velocity``). Training objectives live
+        in ``components/objectives``; they call the model's pieces, not a loss of its own."""
+        return self.velocity(x_t, t, text, refs)
 
     # --- sampling ---------------------------------------------------------------------------
 

@@ -24,9 +24,10 @@ from PIL import Image
 from ..config import GeneratorParams, Params, TrainParams
 from ..datasets import MANIFEST, read_manifest
 from ..grids import grid, load_rgb
+from ..models.generator import GeneratorConfig, SubjectGenerator
+from ..objectives import FlowMatching, FlowMatchingBatch
 from ..tracking import StepLogger
-from ..training import LoopConfig, process_state, train_loop
-from .generator import GeneratorConfig, SubjectGenerator
+from .loop import LoopConfig, Trainer, process_state
 
 
 @dataclass
@@ -70,7 +71,7 @@ def _label_map(path: Path) -> np.ndarray:
 
 def build_generator(gen: GeneratorParams, resolution: int, seed: int) -> SubjectGenerator:
     if gen.pretrained:  # the real profile: FLUX.1 Kontext + LoRA
-        from .flux import from_flux
+        from ..models.flux import from_flux
 
         return from_flux(gen.pretrained, resolution, gen.lora_rank, seed=seed)
     return SubjectGenerator.tiny(GeneratorConfig(resolution=resolution, patch=gen.patch, prediction=gen.prediction), width=gen.width,
@@ -151,12 +152,10 @@ def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainPa
         drawn[k] += 1
         pick = rng.choice(len(groups[k]), size=cfg.batch_size)
         idx = groups[k][pick]
-        return targets[idx], [data.prompts[i] for i in idx], refs[k][pick], data.masks[idx]
+        return FlowMatchingBatch(targets[idx], [data.prompts[i] for i in idx], refs[k][pick], data.masks[idx])
 
-    def loss_fn(m, batch, gen):
-        targets, prompts, refs, masks = batch
-        return m(targets, prompts, refs, generator=gen, drop_text=cfg.drop_text, drop_refs=cfg.drop_refs,
-                 drop_both=cfg.drop_both, masks=masks, subject_weight=cfg.subject_weight)
+    objective = FlowMatching(drop_text=cfg.drop_text, drop_refs=cfg.drop_refs, drop_both=cfg.drop_both,
+                             subject_weight=cfg.subject_weight)
 
     history_rows: list[dict] = []
 
@@ -175,7 +174,8 @@ def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainPa
                       weight_decay=cfg.weight_decay, grad_accum=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
                       max_grad_norm=cfg.max_grad_norm, ema_decay=cfg.ema_decay, checkpoint_every=cfg.checkpoint_every,
                       log_every=cfg.log_every, sample_every=cfg.sample_every, seed=cfg.seed)
-    result = train_loop(model, make_batch, loss_fn, loop, checkpoints, on_log=on_log, on_sample=on_sample)
+    result = Trainer(model, objective, loop, checkpoints, make_batch=make_batch, on_log=on_log,
+                     on_sample=on_sample).run()
     final = result.model
     if process_state().is_main_process:  # under `accelerate launch`, one process writes
         final.save_pretrained(out)
@@ -184,8 +184,9 @@ def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainPa
         shutil.rmtree(checkpoints, ignore_errors=True)  # done: a rerun must start afresh
     losses = [h["loss"] for h in result.history]
     return {"steps": result.step, "final_loss": round(losses[-1], 5), "first_loss": round(losses[0], 5),
-            "train_seconds": round(result.seconds, 2), "resumed_from_step": result.resumed_from or 0,
-            "samples_per_second": round(float(np.mean([h["samples_per_second"] for h in result.history])), 2),
+            "resumed_from_step": result.resumed_from or 0,
+            "timings": {"train_seconds": round(result.seconds, 2), "samples_per_second": round(
+                float(np.mean([h["samples_per_second"] for h in result.history])), 2)},
             "parameters": sum(p.numel() for p in final.transformer.parameters()), "rows": len(data),
             "ref_counts": {str(k): len(groups[k]) for k in counts},
             "ref_counts_missing": sorted(int(k) for k in (ref_count_probs or {}) if k not in groups

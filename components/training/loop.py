@@ -1,0 +1,309 @@
+"""The one trainer every training stage shares.
+
+accelerate runs it: one CPU process by default, several through ``accelerate launch`` (on CPU:
+``accelerate launch --multi_gpu --num_processes 2`` with ``Accelerator(cpu=True)``, which the
+trainer creates). It does gradient accumulation, mixed precision by config, an optional EMA of
+the weights, and checkpoints every N steps holding model, optimizer, LR schedule, EMA, RNG
+states, the step and the collected experience. A resumed run reaches the weights of an
+uninterrupted one: every step's randomness (batch choice, noise, dropout, rollouts) is derived
+from (seed, rank, step, micro-step), never from state that a restart would lose.
+
+A stage supplies the model, an objective (``components/objectives``) and where batches come from:
+- ``make_batch(rng, generator) -> batch``, offline data, one call per micro-step; or
+- ``collect(model, rng, generator) -> [batch, ...]``, on-policy experience gathered from the
+  current weights (no gradients) whenever the last collection is used up; the trainer then makes
+  ``inner_epochs`` passes over it, ``grad_accum`` batches per optimizer step. A collector with
+  ``state_dict``/``load_state_dict`` (a reward normaliser, say) is checkpointed with the rest.
+Every term the objective returns is averaged over micro-steps and processes and logged.
+
+The structure follows improved-diffusion's ``TrainLoop``: run -> step -> forward_backward ->
+optimize -> log / checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import set_seed
+
+from ..objectives import Objective, TrainModule
+
+CHECKPOINTS = "checkpoints"
+Batch = Any
+
+
+@dataclass
+class LoopConfig:
+    steps: int
+    batch_size: int  # per process and micro-step
+    lr: float
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    grad_accum: int = 1
+    inner_epochs: int = 1  # passes over each collection (on-policy only)
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    max_grad_norm: float | None = 1.0
+    ema_decay: float | None = None
+    checkpoint_every: int = 0  # 0: only the final state
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    sample_every: int = 0
+    seed: int = 0
+
+
+@dataclass
+class LoopResult:
+    model: torch.nn.Module  # unwrapped; the EMA weights when EMA is on
+    raw_model: torch.nn.Module  # unwrapped, the optimised weights
+    history: list[dict] = field(default_factory=list)
+    step: int = 0
+    resumed_from: int | None = None
+    seconds: float = 0.0
+
+
+class EMA:
+    """Exponential moving average of a model's parameters (buffers copied).
+
+    The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so the
+    random initial weights do not linger in the average of a short run (with a flat 0.999
+    they would still weigh e^-2 after 2000 steps)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.updates = 0
+        self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def current_decay(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        d = self.current_decay()
+        for s, p in zip(self.shadow.parameters(), model.parameters()):
+            s.lerp_(p.detach(), 1 - d)
+        for s, b in zip(self.shadow.buffers(), model.buffers()):
+            s.copy_(b)
+        self.updates += 1
+
+    def state_dict(self) -> dict:
+        return {"shadow": self.shadow.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.shadow.load_state_dict(state["shadow"])
+        self.updates = int(state["updates"])
+
+
+class _Progress:
+    """The step counter and the on-policy experience (batches and how many of them were used),
+    checkpointed with the rest."""
+
+    def __init__(self):
+        self.step = 0
+        self.experience: list[Batch] = []
+        self.used = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "experience": self.experience, "used": self.used}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.experience, self.used = int(state["step"]), state["experience"], int(state["used"])
+
+
+def schedule(cfg: LoopConfig) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up, then cosine decay to 10% at the last step."""
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        span = max(cfg.steps - cfg.warmup_steps, 1)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step - cfg.warmup_steps, span) / span))
+    return f
+
+
+def step_randomness(seed: int, rank: int, step: int, micro: int) -> tuple[np.random.Generator, torch.Generator]:
+    """The numpy and torch generators of one micro-step: a pure function of its coordinates."""
+    return _generators([seed, rank, step, micro])
+
+
+def collect_randomness(seed: int, rank: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
+    """The generators of the collection made before optimizer step ``step`` (a stream apart
+    from every micro-step's)."""
+    return _generators([seed, rank, step, 0, 1])
+
+
+def _generators(entropy: list[int]) -> tuple[np.random.Generator, torch.Generator]:
+    rng = np.random.default_rng(entropy)
+    return rng, torch.Generator().manual_seed(int(rng.integers(2**62)))
+
+
+def process_state() -> PartialState:
+    """This process's place among the training processes. Ask here, not ``PartialState()``: on
+    a machine without CUDA, the first PartialState made without ``cpu=True`` under ``accelerate
+    launch --multi_gpu`` silently becomes a single process (every rank rank 0), and accelerate
+    keeps that first state for the whole process."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete checkpoint (a checkpoint is written under a temporary name and
+    renamed when whole, so a crash mid-write leaves nothing that looks complete)."""
+    folder = Path(out_dir) / CHECKPOINTS
+    found = sorted(p for p in folder.glob("step-*") if not p.name.endswith(".tmp")) if folder.is_dir() else []
+    return found[-1] if found else None
+
+
+class Trainer:
+    """Trains ``model`` with ``objective`` for ``cfg.steps`` optimizer steps; checkpoints go to
+    ``out_dir/checkpoints``. Give exactly one of ``make_batch`` and ``collect`` (module docstring).
+    ``on_log(step, record)`` and ``on_sample(model, step)`` run on the main process only."""
+
+    def __init__(self, model: torch.nn.Module, objective: Objective, cfg: LoopConfig, out_dir: str | Path,
+                 make_batch: Callable[[np.random.Generator, torch.Generator], Batch] | None = None,
+                 collect: Callable[[torch.nn.Module, np.random.Generator, torch.Generator], list[Batch]] | None = None,
+                 on_log: Callable[[int, dict], None] | None = None,
+                 on_sample: Callable[[torch.nn.Module, int], None] | None = None,
+                 accelerator: Accelerator | None = None):
+        if (make_batch is None) == (collect is None):
+            raise ValueError("give the trainer exactly one of make_batch (offline) and collect (on-policy)")
+        self.cfg, self.out_dir = cfg, Path(out_dir)
+        self.make_batch, self.collect, self.on_log, self.on_sample = make_batch, collect, on_log, on_sample
+        process_state()  # before anything else asks: see process_state
+        self.acc = acc = accelerator or Accelerator(cpu=not torch.cuda.is_available(),
+                                                    mixed_precision=cfg.mixed_precision)
+        set_seed(cfg.seed)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # The scheduler is stepped here, once per optimizer step, not through accelerate (which
+        # would step it once per process).
+        self.sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule(cfg))
+        self.module, self.opt = acc.prepare(TrainModule(model, objective), opt)
+        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay else None
+        self.progress = _Progress()
+        stateful = getattr(collect, "state_dict", None) and getattr(collect, "load_state_dict", None)
+        acc.register_for_checkpointing(self.sched, self.progress, *([self.ema] if self.ema else []),
+                                       *([collect] if stateful else []))
+        self.history: list[dict] = []
+        self._window = (time.perf_counter(), 0)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The trained model, unwrapped (the optimised weights, not the EMA)."""
+        return self.acc.unwrap_model(self.module).model
+
+    def run(self, resume: bool = True) -> LoopResult:
+        """Train to ``cfg.steps`` (from the newest checkpoint when ``resume``); the final state is
+        checkpointed too."""
+        resumed_from = None
+        if resume and (ckpt := latest_checkpoint(self.out_dir)) is not None:
+            self.acc.load_state(str(ckpt))
+            resumed_from = self.progress.step
+        t0 = time.perf_counter()
+        self._window = (time.perf_counter(), 0)
+        self.module.train()
+        while self.progress.step < self.cfg.steps:
+            self.step()
+        self.checkpoint()
+        self.acc.wait_for_everyone()
+        raw = self.model.eval()
+        return LoopResult(self.ema.shadow if self.ema else raw, raw, self.history, self.progress.step,
+                          resumed_from, time.perf_counter() - t0)
+
+    def step(self) -> None:
+        """One optimizer step: ``grad_accum`` micro-steps, the update, then log / checkpoint / sample."""
+        cfg, step = self.cfg, self.progress.step
+        terms: dict[str, float] = {}
+        for micro in range(cfg.grad_accum):
+            rng, gen = step_randomness(cfg.seed, self.acc.process_index, step, micro)
+            batch = self.next_batch(rng, gen)
+            for k, v in self.forward_backward(batch, gen, sync=micro == cfg.grad_accum - 1).items():
+                terms[k] = terms.get(k, 0.0) + v / cfg.grad_accum
+        self.optimize()
+        self.progress.step = done = step + 1
+        self._window = (self._window[0], self._window[1] + cfg.batch_size * cfg.grad_accum * self.acc.num_processes)
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            self.log(done, terms)
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            self.checkpoint()
+        if self.on_sample and cfg.sample_every and done % cfg.sample_every == 0 and self.acc.is_main_process:
+            self.on_sample(self.ema.shadow if self.ema else self.model, done)
+            self.module.train()
+
+    def next_batch(self, rng: np.random.Generator, gen: torch.Generator) -> Batch:
+        """The micro-step's batch: drawn offline, or the next of the current collection (collected
+        anew from the current weights when the last one is used up)."""
+        if self.make_batch is not None:
+            return self.make_batch(rng, gen)
+        p = self.progress
+        if p.used >= len(p.experience) * self.cfg.inner_epochs:
+            p.experience, p.used = self._collect(), 0
+        batch = p.experience[p.used % len(p.experience)]
+        p.used += 1
+        return batch
+
+    def _collect(self) -> list[Batch]:
+        rng, gen = collect_randomness(self.cfg.seed, self.acc.process_index, self.progress.step)
+        model = self.model
+        model.eval()
+        with torch.no_grad():
+            batches = list(self.collect(model, rng, gen))
+        self.module.train()
+        if not batches or len(batches) * self.cfg.inner_epochs % self.cfg.grad_accum:
+            raise ValueError(f"collect returned {len(batches)} batch(es); with inner_epochs {self.cfg.inner_epochs} "
+                             f"their passes must fill whole optimizer steps of grad_accum {self.cfg.grad_accum}")
+        return batches
+
+    def forward_backward(self, batch: Batch, gen: torch.Generator, sync: bool) -> dict[str, float]:
+        """Loss and gradients of one micro-batch (gradients synchronised across processes only
+        on the last micro-step); returns the loss and the objective's terms as floats."""
+        with (nullcontext() if sync else self.acc.no_sync(self.module)), self.acc.autocast():
+            loss, terms = self.module(batch, gen)
+        self.acc.backward(loss / self.cfg.grad_accum)  # outside autocast, as torch advises; DDP decided in forward
+        return {"loss": loss.detach().float().item(), **{k: float(v.detach().float()) for k, v in terms.items()}}
+
+    def optimize(self) -> None:
+        if self.cfg.max_grad_norm:
+            self.acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.ema:
+            self.ema.update(self.model)
+
+    def log(self, step: int, terms: dict[str, float]) -> None:
+        """Average the step's terms over processes and record them with the LR and throughput."""
+        names = list(terms)
+        means = self.acc.reduce(torch.tensor([terms[k] for k in names]), reduction="mean").tolist()
+        now = time.perf_counter()
+        record = {"step": step, **dict(zip(names, means)), "local_loss": terms["loss"],
+                  "lr": self.sched.get_last_lr()[0],
+                  "samples_per_second": self._window[1] / max(now - self._window[0], 1e-9)}
+        self._window = (now, 0)
+        self.history.append(record)
+        if self.on_log and self.acc.is_main_process:
+            self.on_log(step, record)
+
+    def checkpoint(self) -> None:
+        """Save the whole training state as ``step-NNNNNNN`` (written aside, renamed when whole)
+        and prune all but the newest ``keep_checkpoints``."""
+        acc, folder = self.acc, self.out_dir / CHECKPOINTS
+        target = folder / f"step-{self.progress.step:07d}"
+        tmp = target.with_name(target.name + ".tmp")
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+            for old in sorted(p for p in folder.glob("step-*") if not p.name.endswith(".tmp"))[:-self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
