@@ -98,7 +98,8 @@ def cmd_benchmark(args) -> int:
         mlflow.log_params(tracking.flatten({"evaluate": params.evaluate.model_dump()}))
         metrics = benchmark(params, root / "data" / "bench", root / "models" / "judges", reports, [args.generator],
                             models=root / "models")
-        mlflow.log_metrics(tracking.numeric_metrics(metrics))
+        timings = metrics.pop("timings", {})  # named as the flow names a stage's: timing.*
+        mlflow.log_metrics(tracking.numeric_metrics({**metrics, "timing": timings}))
         mlflow.log_artifacts(str(reports), artifact_path="benchmark")
     print((reports / "table.md").read_text())
     print(f"reports: {reports}\nMLflow: {tracking.run_url(run)}")
@@ -239,8 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", help='e.g. "the cat from image 1 left of the robot from image 2, in a forest"')
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=20, help="ODE steps")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="ODE steps (default: what the generator records, the benchmark's setting)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale, 1 = off (default: what the generator records)")
     p = add("ui", cmd_ui, "start the MLflow UI and a Prefect server on 127.0.0.1")
     p.add_argument("--mlflow-port", type=int, default=5000)
     p.add_argument("--prefect-port", type=int, default=4200)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .world import TASKS
 
@@ -42,7 +42,7 @@ class SynthesizeParams(Section):
         default_factory=lambda: {t: 1.0 for t in TASKS}, description="Relative weight of each PSR task in `multi`.")
     bench_per_subset: Annotated[int, Field(ge=1)] = Field(50, description="Benchmark samples per subset.")
     bench_rows: dict[str, Annotated[int, Field(ge=1)]] = Field(
-        default_factory=dict, description="Subsets given another number of benchmark samples than bench_per_subset "
+        default_factory=lambda: {"Three": 200, "Four": 200}, description="Subsets given another number of benchmark samples than bench_per_subset "
                                           "(more rows resolve smaller differences); rows 0..n-1 of a subset are "
                                           "the same whatever n is.")
     character_fraction: Annotated[float, Field(ge=0, le=1)] = Field(
@@ -106,7 +106,7 @@ class EvaluateParams(Section):
     """The evaluate stage: the PSRBench-style benchmark on the `bench` dataset."""
 
     generators: list[str] = Field(
-        default_factory=lambda: ["oracle", "copy_paste", "background_only", "noise"],
+        default_factory=lambda: ["oracle", "copy_paste", "background_only", "noise", "pretrain", "sft"],
         description="Generators to score: reference generators by name (benchmark.generators.available()) "
                     "and trained ones by their folder under models/ (pretrain, sft, ...).")
     judge_set: Literal["eval", "reward"] = Field(
@@ -115,10 +115,12 @@ class EvaluateParams(Section):
     per_subset: Annotated[int, Field(ge=1)] | None = Field(
         None, description="Rows per subset to score (None = the whole benchmark).")
     grid_rows: Annotated[int, Field(ge=1, le=64)] = Field(8, description="Rows of each generator's sample grid.")
-    sample_steps: Annotated[int, Field(ge=1)] = Field(20, description="ODE steps of trained generators.")
-    guidance: Annotated[float, Field(ge=1)] = Field(1.0, description="CFG scale of trained generators (1 = off).")
+    sample_steps: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="ODE steps of trained generators (None = what each generator's folder records).")
+    guidance: Annotated[float, Field(ge=1)] | None = Field(
+        None, description="CFG scale of trained generators (None = what each generator's folder records).")
     compare: list[tuple[str, str]] = Field(
-        default_factory=list,
+        default_factory=lambda: [("pretrain", "sft")],
         description="Pairs [baseline, candidate] of scored generators whose per-row differences are bootstrapped "
                     "(paired: the same bench rows) into a mean and 95% interval per subset and dimension.")
     bootstrap: Annotated[int, Field(ge=100)] = Field(2000, description="Bootstrap resamples of each comparison.")
@@ -150,31 +152,46 @@ class GeneratorParams(Section):
     lora_rank: Annotated[int, Field(ge=1)] = Field(16, description="LoRA rank of the real profile.")
     prediction: Literal["velocity", "sample"] = Field(
         "velocity", description="Transformer output: velocity (FLUX) or clean image (x-prediction, JiT).")
+    sample_steps: Annotated[int, Field(ge=1)] = Field(
+        20, description="ODE steps a trained generator samples with; recorded in its folder (sampling.json), where "
+                        "the benchmark, the registered model and `subjectflow generate` read it.")
+    guidance: Annotated[float, Field(ge=1)] = Field(
+        2.5, description="CFG scale a trained generator samples with (1 = off); recorded in its folder like sample_steps.")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self):
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} must be divisible by heads {self.heads} (width = heads x head dim)")
+        if self.width // self.heads < 4:
+            raise ValueError(f"width / heads = {self.width // self.heads}: a head needs at least 4 dimensions "
+                             "(RoPE splits them over frame, row and column)")
+        return self
 
 
-class TrainParams(Section):
-    """One training stage run by the shared loop (components/training.py)."""
+def _yaml_no(v):
+    """YAML 1.1 reads an unquoted ``no`` as false: take it for the string it was meant to be."""
+    return "no" if v is False else v
+
+
+class TrainingParams(Section):
+    """What every training stage (pretrain, sft) shares: the loop (components/training) and the
+    flow-matching objective (components/objectives). Each stage's own section adds what differs."""
 
     seed: int = Field(0, description="Seed of the initial weights and of every step's randomness.")
-    steps: Annotated[int, Field(ge=1)] = Field(600, description="Optimizer steps.")
-    batch_size: Annotated[int, Field(ge=1)] = Field(32, description="Samples per process and micro-step.")
+    batch_size: Annotated[int, Field(ge=1)] = Field(16, description="Samples per process and micro-step.")
     grad_accum: Annotated[int, Field(ge=1)] = Field(1, description="Micro-steps per optimizer step.")
-    lr: Annotated[float, Field(gt=0)] = Field(1e-3, description="Peak learning rate (AdamW).")
+    subject_weight: Annotated[float, Field(ge=1)] = Field(
+        5.0, description="Loss weight of subject pixels (from the dataset's masks) relative to background.")
+    mixed_precision: Annotated[Literal["no", "bf16", "fp16"], BeforeValidator(_yaml_no)] = Field(
+        "no", description="accelerate mixed precision (an unquoted `no` counts as 'no').")
+    # advanced
     warmup_steps: Annotated[int, Field(ge=0)] = Field(30, description="Linear warm-up, then cosine decay to 10%.")
     weight_decay: Annotated[float, Field(ge=0)] = Field(0.0, description="AdamW weight decay.")
     max_grad_norm: Annotated[float, Field(gt=0)] | None = Field(1.0, description="Gradient clipping (None = off).")
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="accelerate mixed precision.")
-    ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = Field(None, description="EMA of the weights (None = off).")
-    checkpoint_every: Annotated[int, Field(ge=0)] = Field(200, description="Resumable checkpoint every N steps (0 = end only).")
-    log_every: Annotated[int, Field(ge=1)] = Field(10, description="Steps between loss / LR / throughput logs.")
-    sample_every: Annotated[int, Field(ge=0)] = Field(200, description="Steps between sample grids (0 = end only).")
     drop_text: Annotated[float, Field(ge=0, le=1)] = Field(0.1, description="P(prompt dropped) for CFG.")
     drop_refs: Annotated[float, Field(ge=0, le=1)] = Field(0.05, description="P(references dropped) for CFG.")
     drop_both: Annotated[float, Field(ge=0, le=1)] = Field(0.05, description="P(both dropped) for CFG.")
-    subject_weight: Annotated[float, Field(ge=1)] = Field(
-        1.0, description="Loss weight of subject pixels (from the dataset's masks) relative to background.")
-    sample_steps: Annotated[int, Field(ge=1)] = Field(20, description="ODE steps of the sample grids.")
-    guidance: Annotated[float, Field(ge=1)] = Field(1.0, description="CFG scale of the sample grids (1 = off).")
+    log_every: Annotated[int, Field(ge=1)] = Field(10, description="Steps between loss / LR / throughput logs.")
     grid_rows: Annotated[int, Field(ge=1, le=64)] = Field(8, description="Rows of each sample grid.")
 
     @field_validator("drop_both")
@@ -185,35 +202,71 @@ class TrainParams(Section):
         return v
 
 
+class StageTrainingParams(Section):
+    """A training stage's own settings, on top of the shared ``training`` section."""
+
+    steps: Annotated[int, Field(ge=1)] = Field(600, description="Optimizer steps.")
+    lr: Annotated[float, Field(gt=0)] = Field(1e-3, description="Peak learning rate (AdamW).")
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        0.995, description="EMA of the weights, saved as the model (None = off; warm-up: training.EMA).")
+    checkpoint_every: Annotated[int, Field(ge=0)] = Field(
+        200, description="Resumable checkpoint every N steps in .checkpoints/ (0 = end only).")
+    sample_every: Annotated[int, Field(ge=0)] = Field(400, description="Steps between sample grids (0 = end only).")
+
+
+class PretrainParams(StageTrainingParams):
+    """Single-subject personalization on data/single."""
+
+    steps: Annotated[int, Field(ge=1)] = Field(3000, description="Optimizer steps.")
+    lr: Annotated[float, Field(gt=0)] = Field(2e-3, description="Peak learning rate (AdamW).")
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        0.999, description="EMA of the weights, saved as the model (None = off; warm-up: training.EMA).")
+    checkpoint_every: Annotated[int, Field(ge=0)] = Field(
+        500, description="Resumable checkpoint every N steps in .checkpoints/ (0 = end only).")
+    sample_every: Annotated[int, Field(ge=0)] = Field(500, description="Steps between sample grids (0 = end only).")
+
+
+class TrainConfig(TrainingParams, StageTrainingParams):
+    """One training stage's whole configuration: the shared section, the stage's own, and the
+    generator's sampling settings (for its sample grids). Built by ``Params.train_config``."""
+
+    sample_steps: int = 20
+    guidance: float = 1.0
+
+
 class MultisubjectParams(Section):
     """PSR's data bootstrapping: regenerate each subject of a multi-subject scene with the
     single-subject model and keep the pairs whose regenerations are consistent with it."""
 
     seed: int = Field(0, description="Seed of the new backgrounds and of the sampler.")
-    max_scenes: Annotated[int, Field(ge=1)] | None = Field(None, description="Scenes of data/multi used (None = all).")
+    max_scenes: Annotated[int, Field(ge=1)] | None = Field(1000, description="Scenes of data/multi used (None = all).")
     subset_weights: dict[str, Annotated[float, Field(gt=0)]] = Field(
-        {}, description="Relative weight of a subset's scenes when max_scenes are drawn (unnamed subsets: 1); "
+        {"Three": 2.0, "Four": 3.0}, description="Relative weight of a subset's scenes when max_scenes are drawn (unnamed subsets: 1); "
         "pairs of more subjects survive the filter less often, so they can be drawn more.")
-    judge_set: Literal["reward", "eval"] = Field("reward", description="Judges that ground and filter.")
+    judge_set: Literal["reward", "eval"] = Field(
+        "reward", description="Judges that ground and filter: must be the reward set (checked; the eval set never "
+                              "sees the training signal).")
     threshold: Annotated[float, Field(ge=-1, le=1)] = Field(
-        0.5, description="Minimum encoder cosine between a regenerated reference and its subject.")
+        0.6, description="Minimum encoder cosine between a regenerated reference and its subject.")
     subject_size: Annotated[int, Field(ge=4)] = Field(
         20, description="Side in pixels of the subject crop given to the single-subject model, centred.")
     in_place: Annotated[float, Field(ge=0, le=1)] = Field(
-        0.0, description="Share of the scenes whose subjects are handed to the model where they sit in the scene "
+        0.5, description="Share of the scenes whose subjects are handed to the model where they sit in the scene "
         "(alone, the surround continued from the box) rather than re-centred at subject_size: their references "
         "show each subject at its target placement.")
     batch_size: Annotated[int, Field(ge=1)] = Field(64, description="Regenerations per sampler call.")
     candidates: Annotated[int, Field(ge=1)] = Field(
-        1, description="Most redraws per subject (other seeds): it is redrawn until one passes the threshold.")
-    sample_steps: Annotated[int, Field(ge=1)] = Field(20, description="ODE steps per regeneration.")
-    guidance: Annotated[float, Field(ge=1)] = Field(1.0, description="CFG scale of the regenerations.")
+        6, description="Most redraws per subject (other seeds): it is redrawn until one passes the threshold.")
+    sample_steps: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="ODE steps per regeneration (None = what the single-subject model's folder records).")
+    guidance: Annotated[float, Field(ge=1)] | None = Field(
+        None, description="CFG scale of the regenerations (None = what the single-subject model's folder records).")
     grid_rows: Annotated[int, Field(ge=1, le=64)] = Field(8, description="Rows of the kept / dropped example grids.")
     recompose: dict[str, Annotated[int, Field(ge=0)]] = Field(
-        {}, description="Pairs per task rendered anew with the identities whose reference passed, each with "
+        {"Three": 300, "Four": 300}, description="Pairs per task rendered anew with the identities whose reference passed, each with "
         "its passing reference (a k-subject scene keeps only when all k pass, so many-subject pairs are scarce).")
     recompose_layout: Literal["as_given", "slots"] = Field(
-        "as_given", description="Layout of the recomposed pairs: as_given = the world's free layout, references as "
+        "slots", description="Layout of the recomposed pairs: as_given = the world's free layout, references as "
         "they passed; slots = subject k in slot k of a fixed arrangement, its re-centred reference shrunk into the "
         "same slot (models/layout.py); the trained generator then packs three or four references the same way.")
 
@@ -235,11 +288,11 @@ class MultisubjectParams(Section):
         return self
 
 
-class SftParams(TrainParams):
+class SftParams(StageTrainingParams):
     """Multi-subject SFT: the shared loop on the bootstrapped data, from the pretrained weights."""
 
     ref_count_probs: dict[Annotated[int, Field(ge=1)], Annotated[float, Field(ge=0)]] = Field(
-        {2: 0.5, 3: 0.25, 4: 0.25}, description="Probability of a batch with 2, 3 or 4 references; "
+        {1: 0.2, 2: 0.2, 3: 0.25, 4: 0.35}, description="Probability of a batch with 2, 3 or 4 references; "
         "1 = a batch of single-subject pairs from data/single (replay).")
 
     @field_validator("ref_count_probs")
@@ -281,7 +334,8 @@ class Params(Section):
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     judges: JudgesParams = JudgesParams()
     generator: GeneratorParams = GeneratorParams()
-    pretrain: TrainParams = TrainParams()
+    training: TrainingParams = TrainingParams()
+    pretrain: PretrainParams = PretrainParams()
     multisubject: MultisubjectParams = MultisubjectParams()
     sft: SftParams = SftParams()
     register_: RegisterParams = Field(RegisterParams(), alias="register")
@@ -290,6 +344,26 @@ class Params(Section):
     pipeline: PipelineParams = PipelineParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _sections_agree(self):
+        """Rules across sections, checked before any stage starts (each names its keys)."""
+        res, patch = self.synthesize.resolution, self.generator.patch
+        if not self.generator.pretrained and res % patch:
+            raise ValueError(f"synthesize.resolution {res} is not divisible by generator.patch {patch}: the "
+                             f"generator cuts images into patch x patch tokens (try resolution {res - res % patch})")
+        if self.multisubject.judge_set != "reward":
+            raise ValueError("multisubject.judge_set must be 'reward': bootstrapping filters training data with "
+                             "the judges that give rewards; the 'eval' judges score the benchmark and must never "
+                             "have shaped what the generator trains on")
+        return self
+
+    def train_config(self, stage: str) -> TrainConfig:
+        """The whole configuration of training stage ``stage`` (``pretrain``, ``sft``): the shared
+        ``training`` section, the stage's own, and the generator's sampling settings."""
+        own = getattr(self, stage).model_dump(exclude={"ref_count_probs"})
+        return TrainConfig(**self.training.model_dump(), **own, sample_steps=self.generator.sample_steps,
+                           guidance=self.generator.guidance)
 
 
 class ParamsError(ValueError):
@@ -300,7 +374,9 @@ def _format(path: Path, err: ValidationError) -> str:
     lines = [f"{path}: {len(err.errors())} invalid setting(s)"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]).replace("validate_", "validate").replace("register_", "register")
-        if e["type"] == "extra_forbidden":
+        if not key:  # a rule across sections: its message names the keys
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
+        elif e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (misspelt? remove it or use a documented name)")
         else:
             lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")

@@ -2,6 +2,7 @@
 everything is written under a temporary name beside its destination, then renamed into place."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -51,3 +52,15 @@ def write_json_atomic(path: str | Path, data) -> None:
 
 def read_json(path: str | Path):
     return json.loads(Path(path).read_text())
+
+
+def folder_hash(folder: str | Path) -> str:
+    """sha256 over the files of ``folder``: their relative paths and contents, in path order
+    (the weights themselves, wherever the folder lies)."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for f in sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.relative_to(folder).as_posix()):
+        digest.update(f.relative_to(folder).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            digest.update(hashlib.file_digest(fh, "sha256").digest())
+    return digest.hexdigest()

@@ -188,3 +188,58 @@ def push(root: str | Path) -> int:
         if not repo.config.get("core", {}).get("remote"):
             return 0
         return int(repo.push())
+
+
+# Modules that cannot change a stage's outputs, so no stage lists them as a DVC dependency:
+# MLflow logging (tracking), the command-line plumbing every stage's main() goes through (stage),
+# and DVC's own helpers (this module). A change to them must never make DVC rerun the pipeline.
+NOT_LINEAGE = ("components/tracking.py", "components/stage.py", "components/lineage.py")
+
+
+def import_closure(module: str, root: str | Path) -> set[str]:
+    """The files (relative to ``root``) of every ``components`` module that running ``module``
+    (``components.pretrain``) can import: every import statement, module-level or inside a
+    function, followed transitively, with the packages' ``__init__.py`` on the way."""
+    import ast
+
+    root = Path(root)
+
+    def file_of(name: str) -> Path | None:
+        base = root / Path(*name.split("."))
+        return base / "__init__.py" if (base / "__init__.py").is_file() else \
+            base.with_suffix(".py") if base.with_suffix(".py").is_file() else None
+
+    def with_parents(name: str) -> list[str]:
+        parts = name.split(".")
+        return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        path = file_of(name)
+        if name in seen or path is None:
+            continue
+        seen.add(name)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                found = [base] + [f"{base}.{a.name}" for a in node.names]  # a name may be a submodule
+            else:
+                continue
+            todo += [m for f in found if f.split(".")[0] == "components" for m in with_parents(f)]
+    return {str(file_of(n).relative_to(root)) for n in seen}
+
+
+def uncovered_imports(info: StageInfo, root: str | Path) -> list[str]:
+    """Files that stage ``info``'s command can import but its dvc.yaml deps do not cover (nor
+    NOT_LINEAGE): a change to one of them would leave the stage's outputs stale unnoticed."""
+    module = info.cmd.split("python -m ", 1)[1].split()[0]
+    covered = lambda f: any(f == d or f.startswith(d.rstrip("/") + "/") for d in info.deps)  # noqa: E731
+    return sorted(f for f in import_closure(module, root) if f not in NOT_LINEAGE and not covered(f))

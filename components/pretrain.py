@@ -19,11 +19,12 @@ class PretrainPaths:
     data: Path = path_field("the single-subject dataset (data/single)")
     out: Path = path_field("folder receiving the trained generator (models/pretrain)")
     reports: Path = path_field("folder for the loss history and sample grids")
+    checkpoints: Path = path_field("folder for resumable checkpoints, outside the DVC outputs (.checkpoints)")
 
 
 def run(params: Params, paths: PretrainPaths) -> dict:
     """Train the single-subject generator on ``paths.data``."""
-    return run_fit("pretrain", params, params.pretrain, paths.data, paths.out, paths.reports)
+    return run_fit("pretrain", params, paths.data, paths.out, paths.reports, paths.checkpoints)
 
 
 def main(argv=None) -> int:

@@ -6,8 +6,8 @@ or 4 references. Each batch has one reference count, drawn with ``sft.ref_count_
 means a batch of single-subject pairs (``data/single``) replayed, so that the model keeps
 practising the task it started with while it learns several references from few bootstrapped
 pairs.
-Output: a ``save_pretrained`` generator folder (``models/sft``) with the reference layout of its
-data (``reference_layout.json``, see ``models/layout.py``), loss history and sample grids.
+Output: a ``save_pretrained`` generator folder (``models/sft``) whose ``sampling.json`` records the
+reference layout of its data (see ``models/layout.py``), loss history and sample grids.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .config import Params
 from .training.fit import run_fit
-from .models.layout import load_layout, save_layout
+from .models.layout import load_layout
 from .stage import path_field, stage_main
 
 
@@ -27,18 +27,16 @@ class SftPaths:
     init: Path = path_field("the generator to start from (models/pretrain)")
     out: Path = path_field("folder receiving the trained generator (models/sft)")
     reports: Path = path_field("folder for the loss history and sample grids")
+    checkpoints: Path = path_field("folder for resumable checkpoints, outside the DVC outputs (.checkpoints)")
 
 
 def run(params: Params, paths: SftPaths) -> dict:
     """Fine-tune ``paths.init`` on the multi-subject pairs in ``paths.data``."""
     cfg = params.sft
     replay = paths.single if cfg.ref_count_probs.get(1, 0) > 0 else None
-    metrics = run_fit("sft", params, cfg, paths.data, paths.out, paths.reports, init=paths.init,
-                      ref_count_probs=dict(cfg.ref_count_probs), replay=replay)
     # the model expects its references as its data showed them (multisubject.recompose_layout)
-    metrics["reference_layout"] = load_layout(paths.data)
-    save_layout(paths.out, metrics["reference_layout"])
-    return metrics
+    return run_fit("sft", params, paths.data, paths.out, paths.reports, paths.checkpoints, init=paths.init,
+                   ref_count_probs=dict(cfg.ref_count_probs), replay=replay, reference_layout=load_layout(paths.data))
 
 
 def main(argv=None) -> int:

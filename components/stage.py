@@ -3,6 +3,13 @@ DVC calls (``python -m components.<stage> --params params.yaml --<path> ...``).
 
 Paths always come in as arguments (a dataclass per stage, one field per path), never from
 inside the stage, so tests and the flow can point a stage anywhere.
+
+Metrics JSON files are DVC outputs, and some are dependencies of later stages (register depends
+on metrics/evaluate.json): they hold only what the stage computed, never wall-clock figures, so
+a rerun that changes nothing but timings changes no file. A stage's ``run`` puts its timings
+under one top-level key, ``"timings"`` (a nested dict); ``stage_main`` takes them out, adds the
+process's peak memory and writes them to the run record (``$SUBJECTFLOW_STAGE_RECORD``), which
+the flow logs to the stage's MLflow run as ``timing.*`` metrics.
 """
 from __future__ import annotations
 
@@ -20,9 +27,11 @@ from .io import write_json_atomic
 
 EXIT_PARAMS = 2
 EXIT_DATA_INVALID = 3
-# Set by the flow: where the stage process records that it really ran, its compute time and
-# exit status (DVC may instead skip the stage or restore it from its run cache).
+# Set by the flow: where the stage process records that it really ran, its compute time, exit
+# status and timings (DVC may instead skip the stage or restore it from its run cache).
 RECORD_ENV = "SUBJECTFLOW_STAGE_RECORD"
+# The key of a stage's metrics under which its wall-clock figures go (to the record, not the file).
+TIMINGS = "timings"
 
 
 class DataValidationError(RuntimeError):
@@ -45,10 +54,10 @@ def stage_main(name: str, run: Callable[[Params, object], dict], paths_cls, argv
         return EXIT_PARAMS
     paths = paths_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(paths_cls)})
     t0 = time.perf_counter()
-    code = 0
+    code, timings = 0, {}
     try:
         metrics = run(params, paths)
-        metrics["peak_rss_mb"] = peak_rss_mb()
+        timings = dict(metrics.pop(TIMINGS, None) or {})
         write_json_atomic(args.metrics, metrics)
     except DataValidationError as e:
         print(f"\n{name}: data validation failed\n{e}", file=sys.stderr)
@@ -60,7 +69,8 @@ def stage_main(name: str, run: Callable[[Params, object], dict], paths_cls, argv
         record = os.environ.get(RECORD_ENV)
         if record:
             with open(record, "w") as f:
-                json.dump({"stage": name, "seconds": time.perf_counter() - t0, "exit_code": code}, f)
+                json.dump({"stage": name, "seconds": time.perf_counter() - t0, "exit_code": code,
+                           TIMINGS: {**timings, "peak_rss_mb": peak_rss_mb()}}, f)
     return code
 
 

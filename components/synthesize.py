@@ -139,7 +139,7 @@ def resolve_workers(n: int) -> int:
 
 def run(params: Params, paths: SynthesizePaths) -> dict:
     """Render every dataset of the world into ``paths.out/<split>`` and a sample grid of each
-    into ``paths.reports``; returns counts and throughput."""
+    into ``paths.reports``; returns counts (and throughput, under "timings")."""
     cfg = params.synthesize
     workers = resolve_workers(params.resources.workers)
     paths.reports.mkdir(parents=True, exist_ok=True)
@@ -158,7 +158,8 @@ def run(params: Params, paths: SynthesizePaths) -> dict:
         }
         total += len(manifest)
     seconds = time.perf_counter() - t0
-    metrics.update(samples=total, seconds=round(seconds, 3), samples_per_second=round(total / seconds, 2))
+    metrics.update(samples=total,
+                   timings={"seconds": round(seconds, 3), "samples_per_second": round(total / seconds, 2)})
     return metrics
 
 

@@ -1,9 +1,12 @@
 """MLflow records: one parent run per flow run, one nested run per stage.
 
-Each stage's nested run gets the params it reads (flattened), its metrics, everything in its
+Each stage's nested run gets the params it reads (flattened), its metrics, its timings
+(``timing.*``: wall clock and peak memory, which the metrics files leave out), everything in its
 reports folder (sample grids, GX reports), every dataset it reads or writes as an MLflow input
 (whose digest is the DVC hash of that folder), and tags for the git commit, the DVC hashes of its
-outputs and whether it ran, was restored from DVC's run cache, was skipped or failed.
+outputs and whether it ran, was restored from DVC's run cache, was skipped or failed. A skipped
+or restored stage's reports are those of an earlier run with the same output hashes: its run
+links to that run (tag ``reports_run_id``) instead of uploading them again.
 """
 from __future__ import annotations
 
@@ -118,13 +121,40 @@ def open_stage_run(parent_run_id: str, name: str) -> str:
     return run.info.run_id
 
 
+REPORTS_RUN_TAG = "reports_run_id"
+
+
+def find_reports_run(experiment_id: str, stage: str, outs: dict[str, str]):
+    """The most recent run of ``stage`` in the experiment that ran (not skipped nor restored)
+    with exactly these DVC output hashes, so holds these outputs' reports; None if there is none."""
+    if not outs or not all(outs.values()):
+        return None
+    clauses = [f"tags.stage = '{stage}'", "tags.`stage.state` = 'ran'"]
+    clauses += [f"tags.`dvc.out.{path}` = '{md5}'" for path, md5 in sorted(outs.items())]
+    runs = mlflow.search_runs(experiment_ids=[experiment_id], filter_string=" and ".join(clauses),
+                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    return runs[0] if runs else None
+
+
+def _link_reports(run, source) -> None:
+    """Tag ``run`` with the run holding its reports: id, where to look, and a note the UI shows."""
+    page = f"#/experiments/{source.info.experiment_id}/runs/{source.info.run_id}"
+    mlflow.set_tags({REPORTS_RUN_TAG: source.info.run_id, "reports_run_url": run_url(source),
+                     "mlflow.note.content": f"DVC did not rerun this stage: its reports are the artifacts of "
+                                            f"[run {source.info.run_id}]({page}), which produced the same outputs."})
+
+
 def log_stage(root: Path, params: Params, info: StageInfo, parent_run_id: str, state: str,
               metrics: dict | None, seconds: float | None, extra_tags: dict[str, str] | None = None,
-              run_id: str | None = None) -> str:
+              run_id: str | None = None, timings: dict | None = None) -> str:
     """Record one stage in a run nested under ``parent_run_id`` (the one ``open_stage_run``
-    made, when ``run_id`` is given); returns the nested run id."""
+    made, when ``run_id`` is given); returns the nested run id. ``timings`` (the stage's
+    record: wall clock, peak memory) become ``timing.*`` metrics. Reports are uploaded when
+    the stage ran; when DVC skipped or restored it, the run links to the run that ran with the
+    same output hashes instead (or uploads them, if no such run is found)."""
     tags = {"stage": info.name, "stage.state": state, **git_tags(root), **(extra_tags or {})}
-    for path, md5 in locked_outs(root, info.name).items():
+    outs = locked_outs(root, info.name)
+    for path, md5 in outs.items():
         tags[f"dvc.out.{path}"] = md5
     opened = (mlflow.start_run(run_id=run_id, nested=True, tags=tags) if run_id else
               mlflow.start_run(run_name=info.name, nested=True, parent_run_id=parent_run_id, tags=tags))
@@ -134,12 +164,18 @@ def log_stage(root: Path, params: Params, info: StageInfo, parent_run_id: str, s
             mlflow.log_params(p)
         if metrics:
             mlflow.log_metrics(numeric_metrics(metrics))
+        if timings:
+            mlflow.log_metrics(numeric_metrics({"timing": timings}))
         if seconds is not None:
             mlflow.log_metric("stage.seconds", seconds)
-        for rel in info.outs:
-            folder = root / rel
-            if rel.startswith("reports") and folder.is_dir():
-                mlflow.log_artifacts(str(folder), artifact_path=rel)
+        reports = [rel for rel in info.outs if rel.startswith("reports") and (root / rel).is_dir()]
+        source = find_reports_run(run.info.experiment_id, info.name, outs) \
+            if reports and state in ("skipped", "restored") else None
+        if source is not None:
+            _link_reports(run, source)
+        else:
+            for rel in reports:
+                mlflow.log_artifacts(str(root / rel), artifact_path=rel)
         _log_datasets(root, info)
         return run.info.run_id
 

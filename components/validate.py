@@ -312,7 +312,7 @@ def validate_datasets(params: Params, datasets: dict[str, Path], reports: Path, 
         if lines:
             summary += ["", f"## {split}", ""] + [f"- {line}" for line in lines]
     write_text_atomic(reports / "summary.md", "\n".join(summary) + "\n")
-    metrics["seconds"] = round(time.perf_counter() - t0, 3)
+    metrics["timings"] = {"seconds": round(time.perf_counter() - t0, 3)}
 
     if not metrics["success"]:
         raise DataValidationError("\n".join(

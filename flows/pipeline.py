@@ -91,6 +91,7 @@ def run_stage(project: str, name: str, parent_run_id: str, force: bool = False) 
                 error = e
         record = _read_json(record_path)
     seconds = record["seconds"] if record else 0.0
+    timings = record.get("timings") if record else None  # wall clock and peak memory, kept out of metrics files
     state = "failed" if error else ("ran" if record else ("restored" if reproduced else "skipped"))
     metrics = {}
     for rel in info.metrics:
@@ -98,7 +99,8 @@ def run_stage(project: str, name: str, parent_run_id: str, force: bool = False) 
         if m:
             metrics.update(m)
     run_id = tracking.log_stage(root, params, info, parent_run_id, state, metrics, seconds,
-                                {"dvc.stale_reasons": "; ".join(reasons)[:4000] or "none"}, run_id=stage_run)
+                                {"dvc.stale_reasons": "; ".join(reasons)[:4000] or "none"}, run_id=stage_run,
+                                timings=timings)
     if error is not None:
         code = lineage.stage_failure_code(error)
         report = _gate_report(root, info)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 
 from components.project import default_params, scaffold
+from components.stage import RECORD_ENV
 
 BASELINE = ("import resource, torch, diffusers, transformers, accelerate, mlflow, pandas; "
             "from components.models import generator; "
@@ -36,14 +37,16 @@ BASELINE = ("import resource, torch, diffusers, transformers, accelerate, mlflow
 
 
 def _stage(project: Path, module: str, args: list[str], env: dict) -> dict:
+    """Run a stage's command; returns the timings it records for the flow (peak_rss_mb among them)."""
     name = module.rsplit(".", 1)[-1]
     (project / "metrics").mkdir(exist_ok=True)
+    record = project / f"record-{name}.json"
     r = subprocess.run([sys.executable, "-m", module, "--params", "params.yaml", *args, "--metrics",
-                        f"metrics/{name}.json"], cwd=project, env=env, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, text=True)
+                        f"metrics/{name}.json"], cwd=project, env={**env, RECORD_ENV: str(record)},
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if r.returncode:
         raise SystemExit(f"{module} failed:\n{r.stderr[-3000:]}")
-    return json.loads((project / "metrics" / f"{name}.json").read_text())
+    return json.loads(record.read_text())["timings"]
 
 
 def main() -> None:
@@ -52,7 +55,8 @@ def main() -> None:
     args = ap.parse_args()
     params = default_params()
     for section in ("pretrain", "sft"):
-        params[section].update(steps=args.steps, checkpoint_every=0, sample_every=0, grid_rows=2)
+        params[section].update(steps=args.steps, checkpoint_every=0, sample_every=0)
+    params["training"]["grid_rows"] = 2
     for k in ("encoder_steps", "grounder_steps", "semantic_steps", "aesthetic_steps"):
         params["judges"][k] = max(args.steps, 50)  # their one-cycle schedules need some room
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1"}
@@ -65,9 +69,10 @@ def main() -> None:
         runs = {
             "judges": ("components.judges", ["--data", "data", "--out", "models/judges", "--reports", "reports/judges"]),
             "pretrain": ("components.pretrain", ["--data", "data/single", "--out", "models/pretrain", "--reports",
-                                                 "reports/pretrain"]),
+                                                 "reports/pretrain", "--checkpoints", ".checkpoints"]),
             "sft": ("components.sft", ["--data", "data/multi", "--single", "data/single", "--init", "models/pretrain",
-                                       "--out", "models/sft", "--reports", "reports/sft"]),
+                                       "--out", "models/sft", "--reports", "reports/sft", "--checkpoints",
+                                       ".checkpoints"]),
         }
         print(f"import baseline: {base:.0f} MiB (python + torch, diffusers, transformers, accelerate, mlflow)")
         print(f"{'stage':<10} {'peak MiB':>9} {'ratio to baseline':>18}")

@@ -36,12 +36,26 @@ def tiny_params(**synth) -> dict:
     params["synthesize"].update({**TINY, **synth})
     params["judges"].update(TINY_JUDGES)
     params["judges"]["grounding_threshold"] = 1e-6  # 5-step judges: always answer, so bootstrapping keeps pairs
-    params["pretrain"].update(TINY_TRAIN)
-    params["multisubject"].update(threshold=-1.0, sample_steps=2, grid_rows=2, recompose={"Three": 2, "Four": 2})
-    params["sft"].update(TINY_TRAIN)
+    set_training(params, "pretrain", **TINY_TRAIN)
+    params["multisubject"].update(threshold=-1.0, sample_steps=2, grid_rows=2, recompose={"Three": 2, "Four": 2},
+                                  max_scenes=None, candidates=1)
+    set_training(params, "sft", **TINY_TRAIN)
     params["evaluate"].update(per_subset=1, grid_rows=2, sample_steps=2)
     params["resources"]["workers"] = 1
     params["pipeline"].update(retries=1, retry_delay_seconds=0, push=True)  # retries on: a data failure must still not retry
+    return params
+
+
+def set_training(params: dict, stage: str, **settings) -> dict:
+    """Put flat training settings where params.yaml keeps them: the generator's sampling
+    settings in ``generator``, a stage's own (steps, lr, ema_decay, checkpoint_every,
+    sample_every, ref_count_probs) in its section, the rest in the shared ``training``."""
+    from components.config import SftParams
+
+    for key, value in settings.items():
+        section = "generator" if key in ("sample_steps", "guidance") else stage if key in SftParams.model_fields \
+            else "training"
+        params[section][key] = value
     return params
 
 
@@ -78,7 +92,8 @@ def judge_world(tmp_path_factory):
     from components.synthesize import run as synthesize
 
     root = tmp_path_factory.mktemp("judge-world")
-    params = Params.model_validate({"synthesize": {"single": 40, "standardize": 2, "multi": 40, "bench_per_subset": 2},
+    params = Params.model_validate({"synthesize": {"single": 40, "standardize": 2, "multi": 40, "bench_per_subset": 2,
+                                                   "bench_rows": {}},
                                     "resources": {"workers": 1}})
     synthesize(params, SynthesizePaths(out=root / "data", reports=root / "reports"))
     train = judge_data.load([root / "data" / "multi", root / "data" / "single"])

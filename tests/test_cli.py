@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import socket
@@ -6,8 +7,10 @@ import sys
 import time
 import urllib.request
 
+import mlflow
 import pytest
 
+import components.tracking  # noqa: F401 - reads $MLFLOW_TRACKING_URI before a test sets it
 from components import lineage
 from components.cli import main
 from tests.conftest import make_project, tiny_params
@@ -37,13 +40,50 @@ def test_not_a_project_folder(tmp_path):
 
 
 @pytest.mark.integration
-def test_stage_runs_one_stage_through_the_flow(fresh, prefect_harness):
+def test_stage_runs_one_stage_through_the_flow(fresh, prefect_harness, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # restored after: mlflow.set_tracking_uri sets it
     # No capsys here: Prefect's console log handler keeps the stream it first saw.
     assert main(["stage", "synthesize", "--project", str(fresh), "--no-push"]) == 0
     assert set(lineage.status(fresh)) == {"validate", "judges", "pretrain", "multisubject", "sft", "evaluate", "register"}  # downstream
     assert (fresh / "data" / "multi" / "manifest.parquet").exists()
     assert not (fresh / "reports" / "validate").exists()
     assert not (fresh / ".dvc-storage").exists()
+    # timings went to the stage's MLflow run, not to the metrics file DVC tracks
+    metrics = json.loads((fresh / "metrics" / "synthesize.json").read_text())
+    assert metrics["samples"] > 0 and not {"seconds", "samples_per_second", "peak_rss_mb", "timings"} & set(metrics)
+    mlflow.set_tracking_uri(f"sqlite:///{fresh}/mlflow.db")
+    [run] = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                               filter_string="tags.stage = 'synthesize'")
+    assert run.data.metrics["timing.seconds"] > 0 and run.data.metrics["timing.peak_rss_mb"] > 0
+
+
+def test_generate_loads_a_model_logged_from_code_by_run_and_model_id(fresh, tmp_path, capsys, monkeypatch):
+    """`subjectflow generate` on MLflow URIs of a pyfunc model logged from code (the registry alias
+    and the local folder are exercised by the flow test)."""
+    import numpy as np
+    from PIL import Image
+
+    from components.models import pyfunc
+    from components.models.generator import SubjectGenerator
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # restored after: mlflow.set_tracking_uri sets it
+    folder = fresh / "models" / "tiny"
+    SubjectGenerator.tiny(width=32, heads=2, double_blocks=1, single_blocks=1, text_hidden=16, text_layers=1,
+                          seed=0).save_pretrained(folder)
+    mlflow.set_tracking_uri(f"sqlite:///{fresh}/mlflow.db")  # the project's store, where generate looks
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("t", artifact_location=(fresh / "art").as_uri()))
+    with mlflow.start_run() as run:
+        info = pyfunc.log_generator(folder, name="generator")
+    ref = tmp_path / "ref.png"
+    Image.fromarray(np.full((48, 48, 3), 120, np.uint8)).save(ref)
+    outs = []
+    for uri in (f"runs:/{run.info.run_id}/generator", info.model_uri, str(folder)):
+        outs.append(tmp_path / f"out{len(outs)}.png")
+        assert main(["generate", "--project", str(fresh), "--model", uri, "--ref", str(ref),
+                     "the cat from image 1 in a forest", "--steps", "2", "--seed", "1", "--out", str(outs[-1])]) == 0
+        assert f"from {uri}" in capsys.readouterr().out
+    images = [np.asarray(Image.open(o)) for o in outs]
+    assert images[0].shape == (32, 32, 3) and all(np.array_equal(images[0], im) for im in images[1:])
 
 
 def _free_port():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -114,6 +115,33 @@ def test_first_run_runs_every_stage_and_records_it(project):
     assert any((root / ".dvc-storage").rglob("*"))
 
 
+# Wall-clock figures: in MLflow (``timing.*``), never in a metrics file DVC tracks.
+TIMING_KEYS = {"timing", "timings", "seconds", "train_seconds", "samples_per_second", "generate_seconds",
+               "score_seconds", "peak_rss_mb", "regenerations_per_second"}
+
+
+def test_metrics_files_hold_no_timings_and_mlflow_has_them(project):
+    from components.tracking import flatten
+
+    root, summary = project
+    for name in STAGES:
+        keys = {part for key in flatten(json.loads((root / "metrics" / f"{name}.json").read_text()))
+                for part in key.split(".")}
+        assert not keys & TIMING_KEYS, (name, keys & TIMING_KEYS)
+        assert "peak_rss_mb" not in keys and "timings" not in keys, name
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    kids = _children(summary["parent_run_id"])
+    for name, run in kids.items():
+        assert run.data.metrics["timing.peak_rss_mb"] > 0, name
+    assert kids["synthesize"].data.metrics["timing.seconds"] > 0
+    assert kids["synthesize"].data.metrics["timing.samples_per_second"] > 0
+    assert kids["validate"].data.metrics["timing.seconds"] > 0
+    assert kids["multisubject"].data.metrics["timing.seconds"] > 0
+    assert kids["judges"].data.metrics["timing.reward.encoder.train_seconds"] >= 0
+    for gen in ("oracle", "sft"):
+        assert {f"timing.{gen}.generate_seconds", f"timing.{gen}.score_seconds"} <= set(kids["evaluate"].data.metrics)
+
+
 def test_the_sft_generator_is_registered_with_scores_and_lineage(project, tmp_path):
     from components.cli import main as cli_main
     from components.models.pyfunc import generate
@@ -131,6 +159,13 @@ def test_the_sft_generator_is_registered_with_scores_and_lineage(project, tmp_pa
     evaluated = json.loads((root / "metrics" / "evaluate.json").read_text())["sft"]
     assert float(tags["bench.Overall.SC"]) == pytest.approx(evaluated["Overall"]["SC"], abs=1e-4)
     assert "bench.Four.SA" in tags and "bench.vs.pretrain.Four.SC.low" in tags
+    from components.register import MODEL_HASH_TAG, folder_hash
+
+    assert tags[MODEL_HASH_TAG] == folder_hash(root / "models" / "sft")
+    # logged from code: the model holds pyfunc_model.py, no pickled Python object
+    model_dir = Path(mlflow.artifacts.download_artifacts(version.source, dst_path=str(tmp_path / "model")))
+    files = {p.name for p in model_dir.iterdir()}
+    assert "pyfunc_model.py" in files and "MLmodel" in files and not [f for f in files if f.endswith(".pkl")]
     image = generate("models:/subjectflow-generator@candidate", "the cat from image 1 in a forest",
                      [np.zeros((32, 32, 3), np.uint8)], steps=2)
     assert image.shape == (32, 32, 3) and image.dtype == np.uint8
@@ -166,12 +201,43 @@ def test_prefect_run_ends_with_a_summary_artifact(project):
 
 
 def test_rerun_with_nothing_changed_skips_every_stage(project):
-    root, _ = project
+    root, first = project
     again = _flow(root)
     assert _states(again) == _skipped_but()
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     kids = _children(again["parent_run_id"])
     assert {k: r.data.tags["stage.state"] for k, r in kids.items()} == _skipped_but()
+    # a skipped stage's run links to the run that produced its reports, and uploads nothing
+    ran = _children(first["parent_run_id"])
+    client = mlflow.MlflowClient()
+    for name, run in kids.items():
+        assert run.data.tags["reports_run_id"] == ran[name].info.run_id, name
+        assert ran[name].info.run_id in run.data.tags["reports_run_url"]
+        assert ran[name].info.run_id in run.data.tags["mlflow.note.content"]
+        assert client.list_artifacts(run.info.run_id) == [], name
+        assert client.list_artifacts(ran[name].info.run_id, f"reports/{name}"), name
+    assert "timing.peak_rss_mb" not in kids["synthesize"].data.metrics  # nothing ran, nothing timed
+
+
+def test_an_unchanged_model_is_never_registered_twice(project):
+    """Evaluate rerun (forced): its metrics file is unchanged (no timings), so register is not
+    stale; register rerun (forced) on the same model folder moves the alias, adds no version."""
+    root, _ = project
+    before = (root / "metrics" / "evaluate.json").read_text()
+    summary = _flow(root, stages=["evaluate"], force=True)
+    assert _states(summary) == {"evaluate": "ran"}
+    assert (root / "metrics" / "evaluate.json").read_text() == before
+    assert "register" not in lineage.status(root)
+    summary = _flow(root, stages=["register"], force=True)
+    assert _states(summary) == {"register": "ran"}
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    client = mlflow.MlflowClient()
+    assert [str(v.version) for v in client.search_model_versions("name = 'subjectflow-generator'")] == ["1"]
+    assert str(client.get_model_version_by_alias("subjectflow-generator", "candidate").version) == "1"
+    registered = json.loads((root / "reports" / "register" / "registered.json").read_text())
+    assert registered["version"] == 1 and registered["reused"]
+    assert _children(summary["parent_run_id"])["register"].data.tags["registered.reused"] == "true"
+    assert lineage.status(root) == {}
 
 
 def test_changing_a_validate_param_reruns_only_validate(project):

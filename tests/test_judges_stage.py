@@ -20,6 +20,7 @@ from components.datasets import read_manifest
 from components.judges import stage as judges_stage
 from components.judges.sets import load_judge_set
 from components.project import default_params
+from components.stage import RECORD_ENV
 from tests.conftest import REPO
 
 JUDGES = ("encoder", "grounder", "semantic", "aesthetic")
@@ -37,15 +38,18 @@ def project(judge_world, tmp_path_factory):
                             semantic_steps=6, aesthetic_steps=6)
     params["evaluate"].update(per_subset=2, grid_rows=4, generators=GENERATORS, compare=[])
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    code = judges_stage.main(["--params", str(root / "params.yaml"), "--data", str(data), "--out",
-                              str(root / "models" / "judges"), "--reports", str(root / "reports" / "judges"),
-                              "--metrics", str(root / "metrics" / "judges.json")])
-    assert code == 0
-    code = evaluate.main(["--params", str(root / "params.yaml"), "--bench", str(data / "bench"), "--judges",
-                          str(root / "models" / "judges"), "--models", str(root / "models"),
-                          "--reports", str(root / "reports" / "evaluate"),
-                          "--metrics", str(root / "metrics" / "evaluate.json")])
-    assert code == 0
+    with pytest.MonkeyPatch.context() as mp:  # the run records, where stage_main puts the timings
+        mp.setenv(RECORD_ENV, str(root / "judges-record.json"))
+        code = judges_stage.main(["--params", str(root / "params.yaml"), "--data", str(data), "--out",
+                                  str(root / "models" / "judges"), "--reports", str(root / "reports" / "judges"),
+                                  "--metrics", str(root / "metrics" / "judges.json")])
+        assert code == 0
+        mp.setenv(RECORD_ENV, str(root / "evaluate-record.json"))
+        code = evaluate.main(["--params", str(root / "params.yaml"), "--bench", str(data / "bench"), "--judges",
+                              str(root / "models" / "judges"), "--models", str(root / "models"),
+                              "--reports", str(root / "reports" / "evaluate"),
+                              "--metrics", str(root / "metrics" / "evaluate.json")])
+        assert code == 0
     return root, data
 
 
@@ -80,7 +84,10 @@ def test_judges_report_their_heldout_accuracy(project):
         assert {"background_acc", "size_acc", "action_acc"} <= set(s["semantic"])
         assert {"pairwise_acc"} <= set(s["aesthetic"])
         for judge in JUDGES:
-            assert s[judge]["train_seconds"] >= 0 and np.isfinite(s[judge]["final_loss"])
+            assert np.isfinite(s[judge]["final_loss"]) and "train_seconds" not in s[judge]
+    timings = json.loads((root / "judges-record.json").read_text())["timings"]  # wall clock: the run record
+    assert all(timings[set_name][judge]["train_seconds"] >= 0 for set_name in ("reward", "eval") for judge in JUDGES)
+    assert timings["peak_rss_mb"] > 0 and "peak_rss_mb" not in m
     assert (root / "reports" / "judges" / "losses.png").stat().st_size > 0
 
 
@@ -122,8 +129,11 @@ def test_benchmark_metrics_for_dvc(project):
     m = json.loads((root / "metrics" / "evaluate.json").read_text())
     assert m["judge_set"] == "eval" and m["samples"] == len(world.TASKS) * 2
     for g in GENERATORS:
-        assert set(m[g]) >= set(world.TASKS) | {"Overall", "timing"}
+        assert set(m[g]) == set(world.TASKS) | {"Overall"}  # no timings: the file is a dependency of register
         assert set(m[g]["Overall"]) == {"SC", "SA", "AES", "missing_rate"}
+    assert not {"timings", "peak_rss_mb"} & set(m)
+    timings = json.loads((root / "evaluate-record.json").read_text())["timings"]
+    assert all({"generate_seconds", "score_seconds"} <= set(timings[g]) for g in GENERATORS)
 
 
 def test_oracle_draws_the_benchmark_scene_and_floors_do_not(project):

@@ -10,6 +10,7 @@ from components import world
 from components.benchmark.generators import TrainedGenerator
 from components.models import layout, pyfunc
 from components.models.generator import SubjectGenerator
+from components.models.sampling import SamplingSettings
 from components.world.render import SIZES
 from tests.test_pretrain import SMALL_GEN
 
@@ -76,7 +77,7 @@ def test_a_folder_records_its_layout(tmp_path):
 def test_every_sampling_path_packs_by_the_folders_layout(tmp_path, monkeypatch):
     folder = tmp_path / "gen"
     SubjectGenerator.tiny(**SMALL_GEN, seed=0).save_pretrained(folder)
-    layout.save_layout(folder, "slots")
+    SamplingSettings(steps=1, reference_layout="slots").save(folder)
     seen = []
     real = SubjectGenerator.sample
 
@@ -89,10 +90,10 @@ def test_every_sampling_path_packs_by_the_folders_layout(tmp_path, monkeypatch):
     refs = [image] * 3
     prompt = "the cat from image 1, the moon from image 2 and the tree from image 3 in a forest"
     expected = [layout.pack(image, k, 3) for k in range(3)]
-    gen = TrainedGenerator(folder, steps=1)
-    assert gen.layout == "slots"
+    gen = TrainedGenerator(folder)
+    assert gen.sampling == SamplingSettings(1, 1.0, "slots")
     gen.generate(prompt, refs, height=32, width=32, seed=0)
-    pyfunc.generate(str(folder), prompt, refs, steps=1)
+    pyfunc.generate(str(folder), prompt, refs)
     assert len(seen) == 2 and all(all(np.array_equal(a, b) for a, b in zip(s, expected)) for s in seen)
     # two references pass through
     gen.generate("the cat from image 1 and the moon from image 2 in a forest", refs[:2], height=32, width=32, seed=0)

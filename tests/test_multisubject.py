@@ -22,6 +22,11 @@ from components.stage import DataValidationError
 from components.world.render import Scene
 from tests.test_rewards import ConstantAesthetic, HistogramEncoder, Truth, TruthGrounder, TruthSemantic
 
+# Bootstrapping in its plain form (every scene, one draw per subject, references re-centred, no
+# recomposition); each test adds the one setting it is about. The shipped defaults sample more.
+PLAIN = {"max_scenes": None, "subset_weights": {}, "in_place": 0.0, "candidates": 1, "recompose": {},
+         "recompose_layout": "as_given"}
+
 
 def test_isolate_centres_the_subject_crop_at_the_given_size():
     image = np.zeros((32, 32, 3), np.uint8)
@@ -56,7 +61,7 @@ def test_scenes_are_drawn_with_their_subset_weights():
     even = multisubject.draw_scenes(subsets, 200, {}, seed=0)
     assert 70 <= (subsets[even] == "Four").sum() <= 130
     with pytest.raises(ValidationError, match="Fuor"):  # a misspelt subset is a params error
-        Params.model_validate({"multisubject": {"subset_weights": {"Fuor": 2.0}}})
+        Params.model_validate({"multisubject": {**PLAIN, "subset_weights": {"Fuor": 2.0}}})
 
 
 def test_a_pair_keeps_only_if_every_subject_does():
@@ -122,7 +127,7 @@ def staged(judge_world, tmp_path, monkeypatch):
 
 def test_bootstrapping_keeps_consistent_pairs_and_says_why_others_were_dropped(staged):
     manifest, paths, calls = staged
-    params = Params.model_validate({"multisubject": {"threshold": 0.9}})
+    params = Params.model_validate({"multisubject": {**PLAIN, "threshold": 0.9}})
     m = multisubject.run(params, paths)
     n_subjects = int(manifest.n_subjects.sum())
     # scenes 0 and 1 fail on their first subject, so their later subjects are never drawn
@@ -161,7 +166,7 @@ def test_a_share_of_scenes_hands_its_subjects_over_in_place(staged):
     in-place scene where it sits in the scene, every other one re-centred; the share follows the
     knob, and each reference's provenance says which it was."""
     manifest, paths, calls = staged
-    m = multisubject.run(Params.model_validate({"multisubject": {"threshold": 0.9, "in_place": 0.5}}), paths)
+    m = multisubject.run(Params.model_validate({"multisubject": {**PLAIN, "threshold": 0.9, "in_place": 0.5}}), paths)
     subjects = pd.read_csv(paths.reports / "subjects.csv")
     drawn = subjects[subjects.draws > 0]
     assert sorted(calls["modes"][x] for x in calls["inputs"]) == sorted(
@@ -178,7 +183,7 @@ def test_a_share_of_scenes_hands_its_subjects_over_in_place(staged):
             assert json.loads(desc)["in_place"] == bool(flags[(json.loads(desc)["source"], k)])
     for share, mode in ((0.0, "moved"), (1.0, "in_place")):
         calls["inputs"].clear()
-        multisubject.run(Params.model_validate({"multisubject": {"threshold": 0.9, "in_place": share}}), paths)
+        multisubject.run(Params.model_validate({"multisubject": {**PLAIN, "threshold": 0.9, "in_place": share}}), paths)
         assert calls["inputs"] and {calls["modes"][x] for x in calls["inputs"]} == {mode}
 
 
@@ -194,7 +199,7 @@ def test_a_failing_subject_is_redrawn_until_one_passes(staged, monkeypatch):
         return first if seed < multisubject.SEED_STRIDE else [calls["perfect"][x.tobytes()] for x in inputs]
 
     monkeypatch.setattr(multisubject, "regenerate", first_flawed)
-    m = multisubject.run(Params.model_validate({"multisubject": {"threshold": 0.9, "candidates": 3, "seed": 5}}), paths)
+    m = multisubject.run(Params.model_validate({"multisubject": {**PLAIN, "threshold": 0.9, "candidates": 3, "seed": 5}}), paths)
     assert m["kept"] == len(manifest) and m["candidates"] == 3
     assert m["dropped_by_reason"] == {"not_in_target": 0, "not_in_reference": 0, "inconsistent": 0}
     n_subjects = int(manifest.n_subjects.sum())
@@ -209,7 +214,7 @@ def test_a_subject_failing_every_candidate_ends_its_scene(staged):
     """Scene 0's first subject fails on every seed: it is drawn ``candidates`` times, and the
     scene's other subjects never."""
     manifest, paths, calls = staged
-    m = multisubject.run(Params.model_validate({"multisubject": {"threshold": 0.9, "candidates": 4}}), paths)
+    m = multisubject.run(Params.model_validate({"multisubject": {**PLAIN, "threshold": 0.9, "candidates": 4}}), paths)
     subjects = pd.read_csv(paths.reports / "subjects.csv")
     scene0 = subjects[subjects.sample_id == manifest.id[0]].sort_values("k")
     assert scene0.draws.tolist() == [4] + [0] * (len(scene0) - 1)
@@ -221,7 +226,7 @@ def test_the_gate_rejects_a_bootstrapped_dataset_with_nothing_kept(staged, monke
     manifest, paths, _ = staged
     monkeypatch.setattr(multisubject, "regenerate", lambda model, inputs, *a: [np.zeros((32, 32, 3), np.uint8)] * len(inputs))
     with pytest.raises(DataValidationError, match="row_count"):
-        multisubject.run(Params(), paths)
+        multisubject.run(Params.model_validate({"multisubject": PLAIN}), paths)
     assert not paths.out.exists()  # nothing published
 
 
@@ -230,7 +235,7 @@ def test_recomposed_pairs_render_new_scenes_of_identities_whose_reference_passed
     Three/Four pairs are new renders of the world whose subjects all have a passing reference,
     and each reference is one of that identity's passing regenerations."""
     manifest, paths, _ = staged
-    params = Params.model_validate({"multisubject": {"threshold": 0.9, "recompose": {"Three": 6, "Four": 4}}})
+    params = Params.model_validate({"multisubject": {**PLAIN, "threshold": 0.9, "recompose": {"Three": 6, "Four": 4}}})
     m = multisubject.run(params, paths)
     assert m["recomposed"] == {"Three": 6, "Four": 4} and m["rows"] == m["kept"] + 10 and m["gate"]["success"]
     subjects = pd.read_csv(paths.reports / "subjects.csv")
@@ -266,7 +271,7 @@ def test_slot_layout_puts_subject_k_and_its_packed_reference_in_slot_k(staged):
     from components.models import layout
 
     manifest, paths, _ = staged
-    params = Params.model_validate({"multisubject": {"threshold": 0.9, "in_place": 0.5, "recompose": {"Three": 5, "Four": 5},
+    params = Params.model_validate({"multisubject": {**PLAIN, "threshold": 0.9, "in_place": 0.5, "recompose": {"Three": 5, "Four": 5},
                                                      "recompose_layout": "slots"}})
     m = multisubject.run(params, paths)
     assert m["recomposed"] == {"Three": 5, "Four": 5} and m["gate"]["success"]
@@ -292,10 +297,10 @@ def test_slot_layout_puts_subject_k_and_its_packed_reference_in_slot_k(staged):
             assert any(np.array_equal(image, layout.pack(x, k, n)) and list(ref_box) == layout.pack_box(b, k, n, 32)
                        for x, b in regen[i])
     # the free layout records as_given
-    multisubject.run(Params.model_validate({"multisubject": {"threshold": 0.9, "recompose": {"Three": 2}}}), paths)
+    multisubject.run(Params.model_validate({"multisubject": {**PLAIN, "threshold": 0.9, "recompose": {"Three": 2}}}), paths)
     assert layout.load_layout(paths.out) == "as_given"
 
 
 def test_slot_layout_rejects_tasks_it_has_no_slots_for():
     with pytest.raises(ValidationError, match="slots for"):
-        Params.model_validate({"multisubject": {"recompose": {"Position": 3}, "recompose_layout": "slots"}})
+        Params.model_validate({"multisubject": {**PLAIN, "recompose": {"Position": 3}, "recompose_layout": "slots"}})

@@ -18,6 +18,7 @@ from components.pretrain import run as pretrain
 from components.project import default_params
 from components.synthesize import SynthesizePaths
 from components.synthesize import run as synthesize
+from tests.conftest import set_training
 
 EXPECTED_LOSS = [1.6474876403808594, 1.5632102489471436, 1.5148800611495972, 1.4146512746810913]
 EXPECTED_WEIGHTS = [-0.0016963620437309146, -0.03735903277993202, 0.001220889389514923, 0.15231706202030182,
@@ -25,18 +26,17 @@ EXPECTED_WEIGHTS = [-0.0016963620437309146, -0.03735903277993202, 0.001220889389
 EXPECTED_PIXELS = [203, 13, 33, 137, 208, 0]
 
 
-def test_tiny_seeded_pretrain_matches_the_recorded_run(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the stage keeps its checkpoints under the working directory
+def test_tiny_seeded_pretrain_matches_the_recorded_run(tmp_path):
     p = default_params()
     p["synthesize"].update(single=12, standardize=2, multi=2, bench_per_subset=1, bench_rows={}, grid_samples=2)
     p["generator"].update(width=32, heads=2, double_blocks=1, single_blocks=1, text_hidden=16, text_layers=1)
-    p["pretrain"].update(steps=4, batch_size=4, warmup_steps=1, log_every=1, sample_every=0, checkpoint_every=0,
-                         sample_steps=2, grid_rows=1)
+    set_training(p, "pretrain", steps=4, batch_size=4, warmup_steps=1, log_every=1, sample_every=0,
+                 checkpoint_every=0, sample_steps=2, grid_rows=1)
     p["resources"]["workers"] = 1
     params = Params.model_validate(p)
     synthesize(params, SynthesizePaths(out=tmp_path / "data", reports=tmp_path / "reports" / "synthesize"))
     pretrain(params, PretrainPaths(data=tmp_path / "data" / "single", out=tmp_path / "models" / "pretrain",
-                                   reports=tmp_path / "reports" / "pretrain"))
+                                   reports=tmp_path / "reports" / "pretrain", checkpoints=tmp_path / ".checkpoints"))
     loss = pd.read_csv(tmp_path / "reports" / "pretrain" / "history.csv").loss.tolist()
     assert loss == pytest.approx(EXPECTED_LOSS, abs=1e-5)
     gen = SubjectGenerator.from_pretrained(tmp_path / "models" / "pretrain")

@@ -18,6 +18,7 @@ from components.models.generator import SubjectGenerator
 from components.pretrain import main as pretrain_main
 from components.project import default_params
 from components.tracking import STAGE_RUN_ENV
+from tests.conftest import set_training
 
 SMALL_GEN = {"width": 32, "heads": 2, "double_blocks": 1, "single_blocks": 1, "text_hidden": 16, "text_layers": 1}
 
@@ -28,8 +29,8 @@ def trained(judge_world, tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrain")
     params = default_params()
     params["generator"].update(SMALL_GEN)
-    params["pretrain"].update(steps=6, batch_size=4, warmup_steps=1, log_every=2, sample_every=3,
-                              checkpoint_every=3, sample_steps=2, grid_rows=3)
+    set_training(params, "pretrain", steps=6, batch_size=4, warmup_steps=1, log_every=2, sample_every=3,
+                 checkpoint_every=3, sample_steps=2, grid_rows=3)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root, data
 
@@ -39,7 +40,7 @@ def _pretrain(root, data, monkeypatch, run_id=None):
     if run_id:
         monkeypatch.setenv(STAGE_RUN_ENV, run_id)
     return pretrain_main(["--params", "params.yaml", "--data", str(data / "single"), "--out", "models/pretrain",
-                          "--reports", "reports/pretrain", "--metrics", "metrics/pretrain.json"])
+                          "--reports", "reports/pretrain", "--checkpoints", ".checkpoints", "--metrics", "metrics/pretrain.json"])
 
 
 def test_pretrain_writes_a_generator_history_and_grids(trained, monkeypatch):

@@ -13,6 +13,7 @@ from components.models.generator import SubjectGenerator
 from components.project import default_params
 from components.datasets import read_manifest
 from components.sft import main as sft_main
+from tests.conftest import set_training
 from tests.test_pretrain import SMALL_GEN
 
 
@@ -27,12 +28,12 @@ def setup(judge_world, tmp_path_factory):
 def _sft(root, data, monkeypatch, **cfg):
     params = default_params()
     params["generator"].update(SMALL_GEN)
-    params["sft"].update(dict(steps=6, batch_size=2, warmup_steps=1, log_every=2, sample_every=0, checkpoint_every=3,
-                              sample_steps=2, grid_rows=2), **cfg)
+    set_training(params, "sft", **{**dict(steps=6, batch_size=2, warmup_steps=1, log_every=2, sample_every=0,
+                                          checkpoint_every=3, sample_steps=2, grid_rows=2), **cfg})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.chdir(root)
     code = sft_main(["--params", "params.yaml", "--data", str(data / "multi"), "--single", str(data / "single"), "--init", "models/pretrain",
-                     "--out", "models/sft", "--reports", "reports/sft", "--metrics", "metrics/sft.json"])
+                     "--out", "models/sft", "--reports", "reports/sft", "--checkpoints", ".checkpoints", "--metrics", "metrics/sft.json"])
     assert code == 0
     return json.loads((root / "metrics" / "sft.json").read_text()), SubjectGenerator.from_pretrained(root / "models" / "sft")
 
@@ -81,17 +82,21 @@ def test_sft_replays_single_subject_pairs_as_one_reference_batches(setup, monkey
     assert "1" not in m["ref_counts"] and m["rows"] == len(read_manifest(data / "multi"))
 
 
-def test_sft_hands_the_datas_reference_layout_on_to_the_model(setup, monkeypatch, tmp_path):
+def test_sft_records_how_the_model_samples_with_the_datas_reference_layout(setup, monkeypatch, tmp_path):
+    """models/sft/sampling.json: the generator's sample_steps and guidance, and the reference
+    layout of the data it was tuned on."""
     import shutil
 
     from components.models import layout
+    from components.models.sampling import SamplingSettings
 
     root, data, _ = setup
-    m, _ = _sft(root, data, monkeypatch, steps=2)
-    assert m["reference_layout"] == "as_given" and layout.load_layout(root / "models" / "sft") == "as_given"
+    m, _ = _sft(root, data, monkeypatch, steps=2, guidance=3.0)
+    assert SamplingSettings.load(root / "models" / "sft") == SamplingSettings(2, 3.0, "as_given")
+    assert m["sampling"] == {"steps": 2, "guidance": 3.0, "reference_layout": "as_given"}
     copy = tmp_path / "data"
     for name in ("multi", "single"):
         shutil.copytree(data / name, copy / name)
     layout.save_layout(copy / "multi", "slots")
     m, _ = _sft(root, copy, monkeypatch, steps=2)
-    assert m["reference_layout"] == "slots" and layout.load_layout(root / "models" / "sft") == "slots"
+    assert SamplingSettings.load(root / "models" / "sft").reference_layout == "slots"

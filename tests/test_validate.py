@@ -22,7 +22,8 @@ from components.synthesize import SynthesizePaths
 from components.synthesize import run as synthesize
 from components.validate import ValidatePaths, main, run
 
-RAW = {"synthesize": {"single": 12, "standardize": 6, "multi": 12, "bench_per_subset": 2}, "resources": {"workers": 1}}
+RAW = {"synthesize": {"single": 12, "standardize": 6, "multi": 12, "bench_per_subset": 2, "bench_rows": {}},
+       "resources": {"workers": 1}}
 PARAMS = Params.model_validate(RAW)
 
 

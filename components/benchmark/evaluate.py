@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from ..grids import grid, load_rgb
 from ..judges.base import JudgeSet
 from ..judges.sets import load_judge_set
 from ..rewards import make_reward
-from ..stage import path_field, stage_main
+from ..stage import TIMINGS, path_field, stage_main
 from . import report
 from .generators import Generator, available, make_generator
 
@@ -93,17 +93,20 @@ def generate_all(gen: Generator, rows: list[BenchRow], side: int, seed: int) -> 
 def benchmark(params: Params, bench_dir: Path, judges_dir: Path, reports: Path,
               generators: list[str] | None = None, models: Path | None = None) -> dict:
     """Score ``generators`` (default: params.evaluate.generators; reference generators by name,
-    trained ones as folders under ``models``) and write the reports."""
+    trained ones as folders under ``models``) and write the reports. Returns the scores, and
+    each generator's generate/score seconds under ``"timings"``."""
     cfg = params.evaluate
     judges = load_judge_set(judges_dir / cfg.judge_set, params.judges)
     rows, side = load_bench(bench_dir, cfg.per_subset)
     subsets = [t for t in world.TASKS if any(r.subset == t for r in rows)]
     reports.mkdir(parents=True, exist_ok=True)
-    frames, timing = [], {}
+    frames, timing, sampling = [], {}, {}
     for name in generators or cfg.generators:
         t0 = time.perf_counter()
         gen = make_generator(name, models=models) if name in available() else \
             make_generator(name, models=models, steps=cfg.sample_steps, guidance=cfg.guidance)
+        if hasattr(gen, "sampling"):  # a trained generator: how it was sampled goes with its scores
+            sampling[name] = asdict(gen.sampling)
         images = generate_all(gen, rows, side, cfg.seed)
         t1 = time.perf_counter()
         scores = score(rows, images, judges, params.judges.crop_size)
@@ -121,7 +124,7 @@ def benchmark(params: Params, bench_dir: Path, judges_dir: Path, reports: Path,
     for dim in report.DIMENSIONS:
         report.radar(table, subsets, reports / f"radar_{dim}.png", dim)
     report.bars(table, subsets, reports / "subsets.png")
-    metrics: dict = {"judge_set": cfg.judge_set, "samples": len(rows)}
+    metrics: dict = {"judge_set": cfg.judge_set, "samples": len(rows), "sampling": sampling}
     scored = set(per_sample["generator"])
     pairs = [(base, cand) for base, cand in cfg.compare if base in scored and cand in scored]
     if pairs:  # `subjectflow benchmark` scores one generator: nothing to compare
@@ -137,8 +140,7 @@ def benchmark(params: Params, bench_dir: Path, judges_dir: Path, reports: Path,
         metrics.setdefault(r.generator, {})[str(r.subset)] = {
             "SC": round(float(r.SC), 4), "SA": round(float(r.SA), 4), "AES": round(float(r.AES), 4),
             "missing_rate": round(float(r.missing_rate), 4)}
-    for name, t in timing.items():
-        metrics[name]["timing"] = t
+    metrics[TIMINGS] = timing  # wall clock: to MLflow, not to metrics/evaluate.json (a dependency of register)
     return metrics
 
 

@@ -132,17 +132,19 @@ class Noise:
 
 class TrainedGenerator:
     """A trained generator folder (``SubjectGenerator.save_pretrained``) behind the benchmark's
-    interface; ``generate_batch`` samples many rows with the same reference count at once."""
+    interface; ``generate_batch`` samples many rows with the same reference count at once, with
+    the sampling settings the folder records (``sampling.json``) unless ``steps`` or ``guidance``
+    override them."""
 
-    def __init__(self, folder: str | Path, name: str | None = None, steps: int = 20, guidance: float = 1.0,
-                 batch: int = 64):
+    def __init__(self, folder: str | Path, name: str | None = None, steps: int | None = None,
+                 guidance: float | None = None, batch: int = 64):
         from ..models.generator import SubjectGenerator
-        from ..models.layout import load_layout
+        from ..models.sampling import SamplingSettings
 
         self.name = name or Path(folder).name
         self.model = SubjectGenerator.from_pretrained(folder).eval()
-        self.layout = load_layout(folder)  # how the model expects three or four references
-        self.steps, self.guidance, self.batch = steps, guidance, batch
+        self.sampling = SamplingSettings.load(folder).override(steps, guidance)
+        self.batch = batch
 
     def _check_size(self, height: int, width: int) -> None:
         res = self.model.config.resolution
@@ -153,12 +155,8 @@ class TrainedGenerator:
         return self.generate_batch([prompt], [refs], height=height, width=width, seed=seed)[0]
 
     def generate_batch(self, prompts, refs, *, height, width, seed):
-        from ..models.layout import arrange
-
         self._check_size(height, width)
-        refs = [arrange(r, self.layout) for r in refs]
         out = []
         for i in range(0, len(prompts), self.batch):
-            out += list(self.model.sample(prompts[i:i + self.batch], refs[i:i + self.batch], steps=self.steps,
-                                          guidance=self.guidance, seed=seed + i)["images"])
+            out += self.sampling.sample(self.model, prompts[i:i + self.batch], refs[i:i + self.batch], seed=seed + i)
         return out

@@ -60,6 +60,7 @@ def run(params: Params, paths: JudgesPaths) -> dict:
     cfg = params.judges
     heldout = judge_data.load([paths.data / "bench"])
     metrics: dict = {}
+    timings: dict = {}
     histories: dict[str, dict[str, list[float]]] = {}
     trained_on: dict[str, set[str]] = {}
     with atomic_dir(paths.out) as tmp:
@@ -73,7 +74,8 @@ def run(params: Params, paths: JudgesPaths) -> dict:
                 t0 = time.perf_counter()
                 model, losses = fit(train, cfg, seed)
                 model.save(tmp / set_name / judge)
-                metrics[set_name][judge] = {**evaluate(model, heldout), "train_seconds": round(time.perf_counter() - t0, 2),
+                timings.setdefault(set_name, {})[judge] = {"train_seconds": round(time.perf_counter() - t0, 2)}
+                metrics[set_name][judge] = {**evaluate(model, heldout),
                                             "final_loss": round(losses[-1], 4) if losses else None}
                 histories[set_name][judge] = losses
                 shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in metrics[set_name][judge].items()}
@@ -84,7 +86,7 @@ def run(params: Params, paths: JudgesPaths) -> dict:
     metrics["independence"] = {"shared_training_samples": len(shared), "seeds_differ": cfg.reward_seed != cfg.eval_seed}
     paths.reports.mkdir(parents=True, exist_ok=True)
     _plot_losses(histories, paths.reports / "losses.png")
-    return metrics
+    return {**metrics, "timings": timings}
 
 
 def main(argv=None) -> int:

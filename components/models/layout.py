@@ -35,7 +35,7 @@ SLOTS: dict[int, tuple[tuple[float, float], ...]] = {
 SCALE: dict[int, float] = {3: 0.8, 4: 0.6}
 
 
-def _known(layout: str, where: str = "") -> str:
+def check_layout(layout: str, where: str = "") -> str:
     if layout not in LAYOUTS:
         raise ValueError(f"{where}unknown reference layout {layout!r}; known: {LAYOUTS}")
     return layout
@@ -81,13 +81,13 @@ def slot_centres(n: int, rng: np.random.Generator, jitter: float = 0.04) -> list
 def arrange(refs: Sequence[np.ndarray], layout: str) -> list[np.ndarray]:
     """The references as a generator trained with ``layout`` expects them."""
     refs = list(refs)
-    if _known(layout) == "as_given" or len(refs) not in SLOTS:
+    if check_layout(layout) == "as_given" or len(refs) not in SLOTS:
         return refs
     return [pack(r, k, len(refs)) for k, r in enumerate(refs)]
 
 
 def save_layout(folder: str | Path, layout: str) -> None:
-    (Path(folder) / FILE).write_text(json.dumps({"layout": _known(layout)}) + "\n")
+    (Path(folder) / FILE).write_text(json.dumps({"layout": check_layout(layout)}) + "\n")
 
 
 def load_layout(folder: str | Path) -> str:
@@ -95,4 +95,4 @@ def load_layout(folder: str | Path) -> str:
     path = Path(folder) / FILE
     if not path.is_file():
         return "as_given"
-    return _known(json.loads(path.read_text())["layout"], f"{path}: ")
+    return check_layout(json.loads(path.read_text())["layout"], f"{path}: ")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +21,11 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from ..config import GeneratorParams, Params, TrainParams
+from ..config import GeneratorParams, Params, TrainConfig
 from ..datasets import MANIFEST, read_manifest
 from ..grids import grid, load_rgb
 from ..models.generator import GeneratorConfig, SubjectGenerator
+from ..models.sampling import SamplingSettings
 from ..objectives import FlowMatching, FlowMatchingBatch
 from ..tracking import StepLogger
 from .loop import LoopConfig, Trainer, process_state
@@ -88,7 +89,8 @@ def data_digest(dataset_dir: str | Path) -> str:
     return hashlib.md5((Path(dataset_dir) / MANIFEST).read_bytes()).hexdigest()
 
 
-def sample_grid(model: SubjectGenerator, data: Pairs, rows: np.ndarray, cfg: TrainParams, caption: str) -> Image.Image:
+
+def sample_grid(model: SubjectGenerator, data: Pairs, rows: np.ndarray, cfg: TrainConfig, caption: str) -> Image.Image:
     """References | sample for ``rows`` of ``data`` (grouped by reference count for sampling)."""
     images: dict[int, np.ndarray] = {}
     groups: dict[int, list[int]] = {}
@@ -119,7 +121,7 @@ def encode_pairs(model: SubjectGenerator, data: Pairs, groups: dict[int, np.ndar
     return targets, refs
 
 
-def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainParams, out: Path, reports: Path,
+def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainConfig, out: Path, reports: Path,
                   checkpoints: Path, ref_count_probs: dict[int, float] | None = None,
                   grid_pool: int | None = None) -> dict:
     """Train ``model`` on ``data`` with the shared loop; save it to ``out`` (save_pretrained)
@@ -157,10 +159,7 @@ def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainPa
     objective = FlowMatching(drop_text=cfg.drop_text, drop_refs=cfg.drop_refs, drop_both=cfg.drop_both,
                              subject_weight=cfg.subject_weight)
 
-    history_rows: list[dict] = []
-
     def on_log(step, record):
-        history_rows.append(record)
         logger.metrics({k: v for k, v in record.items() if k not in ("step", "local_loss")}, step, prefix="train/")
         print(f"{stage} step {step}: loss {record['loss']:.4f} lr {record['lr']:.2e} "
               f"{record['samples_per_second']:.1f} samples/s", flush=True)
@@ -194,14 +193,17 @@ def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainPa
             "batches_by_ref_count": {str(k): v for k, v in drawn.items()}}  # drawn by this process (after any resume)
 
 
-def run_fit(stage: str, params: Params, cfg: TrainParams, dataset_dir: Path, out: Path, reports: Path,
+def run_fit(stage: str, params: Params, dataset_dir: Path, out: Path, reports: Path, checkpoints: Path,
             init: Path | None = None, ref_count_probs: dict[int, float] | None = None,
-            replay: Path | None = None) -> dict:
-    """Load data, build (or load ``init``) the generator, train it into ``out`` atomically.
+            replay: Path | None = None, reference_layout: str = "as_given") -> dict:
+    """Load data, build (or load ``init``) the generator, train it with ``params.train_config(stage)``
+    into ``out`` atomically, with the sampling settings it is to be used with (``sampling.json``).
     ``replay``: a second dataset whose rows join the first's (SFT's single-subject replay); the
-    sample grids still show the first's."""
-    from ..io import atomic_dir
+    sample grids still show the first's. Checkpoints go to ``checkpoints/<stage>-<fingerprint>``,
+    keyed by everything that decides the result: config, architecture, data and initial weights."""
+    from ..io import atomic_dir, folder_hash
 
+    cfg = params.train_config(stage)
     data = load_pairs(dataset_dir)
     grid_pool = len(data)
     if replay is not None:
@@ -209,11 +211,13 @@ def run_fit(stage: str, params: Params, cfg: TrainParams, dataset_dir: Path, out
     model = SubjectGenerator.from_pretrained(init) if init else \
         build_generator(params.generator, params.synthesize.resolution, cfg.seed)
     fp = fingerprint(stage, cfg.model_dump(), params.generator.model_dump(), data_digest(dataset_dir),
-                     data_digest(replay) if replay is not None else None, str(init) if init else None)
-    checkpoints = Path(".checkpoints") / f"{stage}-{fp}"
+                     data_digest(replay) if replay is not None else None, folder_hash(init) if init else None)
+    checkpoints = Path(checkpoints) / f"{stage}-{fp}"
     reports.mkdir(parents=True, exist_ok=True)
+    sampling = SamplingSettings(cfg.sample_steps, cfg.guidance, reference_layout)
     if not process_state().is_main_process:
         return fit_generator(stage, model, data, cfg, out, reports, checkpoints, ref_count_probs, grid_pool)
     with atomic_dir(out) as tmp:
         metrics = fit_generator(stage, model, data, cfg, tmp, reports, checkpoints, ref_count_probs, grid_pool)
-    return metrics
+        sampling.save(tmp)
+    return {**metrics, "sampling": asdict(sampling)}

@@ -1,0 +1,49 @@
+"""How a trained generator samples: steps, CFG scale and reference layout, recorded in its folder.
+
+The training stage writes ``sampling.json`` with the settings the pipeline then benchmarks it
+with (``generator.sample_steps``, ``generator.guidance``, and the reference layout of its data),
+so the benchmark, the bootstrapping stage, the registered pyfunc model and
+``subjectflow generate`` all draw what the README's numbers measured, unless a caller overrides
+a setting. A folder without the file (saved by hand) samples plainly: 20 steps, no guidance,
+references as given.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from .layout import check_layout, arrange
+
+FILE = "sampling.json"
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    steps: int = 20
+    guidance: float = 1.0
+    reference_layout: str = "as_given"
+
+    def __post_init__(self):
+        check_layout(self.reference_layout, f"{FILE}: ")
+        if self.steps < 1 or self.guidance < 1:
+            raise ValueError(f"{FILE}: steps must be >= 1 and guidance >= 1, got {self.steps} and {self.guidance}")
+
+    def save(self, folder: str | Path) -> None:
+        (Path(folder) / FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "SamplingSettings":
+        """What ``folder`` records (the plain defaults when it records nothing)."""
+        path = Path(folder) / FILE
+        return cls(**json.loads(path.read_text())) if path.is_file() else cls()
+
+    def override(self, steps: int | None = None, guidance: float | None = None) -> "SamplingSettings":
+        """These settings with a caller's explicit choices (None keeps the recorded one)."""
+        return replace(self, steps=self.steps if steps is None else steps,
+                       guidance=self.guidance if guidance is None else guidance)
+
+    def sample(self, model, prompts, refs, seed: int) -> list:
+        """``model``'s images for ``prompts`` and plain references (packed by the layout here)."""
+        packed = [arrange(r, self.reference_layout) for r in refs]
+        return list(model.sample(list(prompts), packed, steps=self.steps, guidance=self.guidance, seed=seed)["images"])

@@ -1,0 +1,105 @@
+"""The register stage through its command line: it logs and registers a generator once; run again
+on the same model folder (whatever its benchmark timings or scores) it moves the alias to the
+version already holding it instead of creating another; a changed model gets a new version."""
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+import yaml
+
+import components.tracking  # noqa: F401 - reads $MLFLOW_TRACKING_URI once, before these tests set it
+from components import register
+from components.io import folder_hash
+from components.models.generator import SubjectGenerator
+from components.project import default_params
+from components.stage import RECORD_ENV
+
+SMALL_GEN = {"width": 32, "heads": 2, "double_blocks": 1, "single_blocks": 1, "text_hidden": 16, "text_layers": 1}
+NAME = "subjectflow-generator"
+
+
+def _scores(sc: float) -> dict:
+    overall = {"SC": sc, "SA": 0.5, "AES": 0.25, "missing_rate": 0.0}
+    return {"judge_set": "eval", "samples": 7, "sft": {"Overall": overall, "Four": overall},
+            "compare": {"sft": {"pretrain": {"Overall": {"SC": {"difference": 0.1, "low": 0.0, "high": 0.2}}}}}}
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    params = default_params()
+    params["pipeline"]["tracking_uri"] = f"sqlite:///{tmp_path}/mlflow.db"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    SubjectGenerator.tiny(**SMALL_GEN, seed=0).save_pretrained(tmp_path / "models" / "sft")
+    (tmp_path / "metrics").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SUBJECTFLOW_MLFLOW_RUN_ID", raising=False)
+    monkeypatch.setenv(RECORD_ENV, str(tmp_path / "record.json"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # mlflow.set_tracking_uri sets it: undone after the test
+    mlflow.set_tracking_uri(params["pipeline"]["tracking_uri"])
+    yield tmp_path
+    mlflow.set_tracking_uri(None)
+
+
+def _register(root, sc=0.75):
+    (root / "metrics" / "evaluate.json").write_text(json.dumps(_scores(sc)))
+    assert register.main(["--params", "params.yaml", "--model", "models/sft", "--scores", "metrics/evaluate.json",
+                          "--reports", "reports/register", "--metrics", "metrics/register.json"]) == 0
+    return json.loads((root / "reports" / "register" / "registered.json").read_text())
+
+
+def _versions():
+    return sorted(int(v.version) for v in mlflow.MlflowClient().search_model_versions(f"name = '{NAME}'"))
+
+
+def test_an_unchanged_model_is_registered_once(project, capsys):
+    first = _register(project)
+    assert first["version"] == 1 and not first["reused"]
+    client = mlflow.MlflowClient()
+    v1 = client.get_model_version(NAME, "1")
+    assert v1.tags[register.MODEL_HASH_TAG] == folder_hash(project / "models" / "sft")
+    assert v1.tags["bench.Overall.SC"] == "0.7500" and v1.tags["run_id"] == first["run_id"]
+    # the register metrics file holds no timings: they went to the run record
+    assert "peak_rss_mb" not in json.loads((project / "metrics" / "register.json").read_text())
+    assert json.loads((project / "record.json").read_text())["timings"]["peak_rss_mb"] > 0
+
+    again = _register(project, sc=0.8)  # same folder, a new benchmark: no new version
+    assert again["version"] == 1 and again["reused"] and _versions() == [1]
+    assert "no new version" in capsys.readouterr().out
+    v1 = client.get_model_version(NAME, "1")
+    assert v1.tags["bench.Overall.SC"] == "0.8000"  # today's scores
+    assert v1.tags["run_id"] == first["run_id"]  # lineage: the run that logged it
+    assert str(client.get_model_version_by_alias(NAME, "candidate").version) == "1"
+    assert not mlflow.search_logged_models(output_format="list")[1:]  # one logged model
+
+    SubjectGenerator.tiny(**SMALL_GEN, seed=1).save_pretrained(project / "models" / "sft")  # retrained
+    assert _register(project)["version"] == 2 and _versions() == [1, 2]
+    assert str(client.get_model_version_by_alias(NAME, "candidate").version) == "2"
+
+    SubjectGenerator.tiny(**SMALL_GEN, seed=0).save_pretrained(project / "models" / "sft")  # back to the first
+    back = _register(project)
+    assert back["version"] == 1 and back["reused"] and _versions() == [1, 2]
+    assert str(client.get_model_version_by_alias(NAME, "candidate").version) == "1"
+
+
+def test_folder_hash_follows_names_and_contents(tmp_path):
+    a = tmp_path / "a"
+    (a / "sub").mkdir(parents=True)
+    (a / "sub" / "x.bin").write_bytes(b"1")
+    (a / "y.json").write_text("{}")
+    h = folder_hash(a)
+    assert folder_hash(a) == h
+    (a / "sub" / "x.bin").write_bytes(b"2")
+    assert folder_hash(a) != h
+    (a / "sub" / "x.bin").write_bytes(b"1")
+    (a / "sub" / "x.bin").rename(a / "sub" / "z.bin")
+    assert folder_hash(a) != h
+
+
+def test_score_tags_leave_timings_out():
+    scores = {**_scores(0.7), "timings": {"sft": {"generate_seconds": 3.0}}}
+    scores["sft"]["timing"] = {"generate_seconds": 3.0}  # the old layout of metrics/evaluate.json
+    tags = register.score_tags(scores, "sft")
+    assert tags["bench.Overall.SC"] == 0.7 and tags["bench.vs.pretrain.Overall.SC.low"] == 0.0
+    assert not [k for k in tags if "seconds" in k or "timing" in k]
