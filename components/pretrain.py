@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Params
+from .pipeline.stage import path_field, stage_main
 from .training.fit import run_fit
-from .stage import path_field, stage_main
 
 
 @dataclass

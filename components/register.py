@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .config import Params
 from .io import folder_hash, read_json, write_json_atomic
-from .stage import path_field, stage_main
+from .pipeline.stage import path_field, stage_main
 
 # What the registered generator was made from: dvc.lock outputs recorded on the version.
 LINEAGE = ("models/sft", "data/multisubject", "models/pretrain", "models/judges", "data/single", "data/multi",
@@ -32,12 +32,14 @@ class RegisterPaths:
     model: Path = path_field("the generator folder to register (models/sft)")
     scores: Path = path_field("the evaluate stage's metrics (metrics/evaluate.json)")
     reports: Path = path_field("folder receiving registered.json")
+    project: Path = path_field("the project folder: its dvc.lock gives the lineage tags, its default MLflow store "
+                               "the registry (.)")
 
 
 def lineage_tags(root: Path) -> dict[str, str]:
     """``dvc.<path>`` -> md5 for every LINEAGE path in dvc.lock, plus the git commit."""
-    from .lineage import locked_outs
-    from .tracking import git_tags
+    from .pipeline.lineage import locked_outs
+    from .pipeline.tracking import git_tags
 
     outs = locked_outs(root)
     return {**git_tags(root), **{f"dvc.{p}": outs[p] for p in LINEAGE if p in outs}}
@@ -53,7 +55,7 @@ def score_tags(scores: dict, generator: str) -> dict[str, float]:
     """The generator's benchmark scores from metrics/evaluate.json, flattened:
     ``bench.Overall.SC``, ``bench.Four.SC``, ... (timings, which the file no longer holds, left
     out), and its paired comparisons with baselines (evaluate.compare): ``bench.vs.pretrain.Four.SC.low``, ..."""
-    from .tracking import numeric_metrics
+    from .pipeline.tracking import numeric_metrics
 
     mine = {k: v for k, v in scores.get(generator, {}).items() if k not in ("timing", "timings")}
     if not mine:
@@ -68,11 +70,11 @@ def run(params: Params, paths: RegisterPaths) -> dict:
     A model already registered (same folder hash) is not logged again: the alias moves to it."""
     import mlflow
 
-    from . import tracking
     from .models.pyfunc import log_generator
+    from .pipeline import tracking
 
     cfg = params.register_
-    root = Path.cwd()
+    root = paths.project.resolve()
     tracking.setup(root, params)
     client = mlflow.MlflowClient()
     scores = score_tags(read_json(paths.scores), paths.model.name)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Params
-from .training.fit import run_fit
 from .models.layout import load_layout
-from .stage import path_field, stage_main
+from .pipeline.stage import path_field, stage_main
+from .training.fit import run_fit
 
 
 @dataclass

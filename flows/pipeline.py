@@ -19,9 +19,9 @@ import mlflow  # noqa: E402
 from prefect import flow, get_run_logger, runtime, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 
-from components import lineage, tracking  # noqa: E402
 from components.config import load_params  # noqa: E402
-from components.stage import EXIT_DATA_INVALID, RECORD_ENV  # noqa: E402
+from components.pipeline import lineage, tracking  # noqa: E402
+from components.pipeline.stage import EXIT_DATA_INVALID, RECORD_ENV  # noqa: E402
 
 
 class StageFailed(RuntimeError):

@@ -16,23 +16,23 @@ import tempfile
 import time
 from pathlib import Path
 
-from components.benchmark.evaluate import generate_all, load_bench, score
 from components.benchmark.generators import make_generator
+from components.benchmark.scoring import generate_all, load_bench, score
 from components.config import Params
-from components.project import default_params
+from components.pipeline.project import default_params
 from components.synthesize import SynthesizePaths
 from components.synthesize import run as synthesize
 
 
 def _judges(params: Params, folder: Path, data: Path):
-    from components.judges.base import JudgeSet
-    from components.judges.sets import load_judge_set
+    from components.judging.base import JudgeSet
+    from components.judging.sets import load_judge_set
 
     if (folder / "aesthetic").is_dir():
         print(f"judges: {folder}")
         return load_judge_set(folder, params.judges)
-    from components.judges import data as judge_data
-    from components.judges.stage import JUDGES
+    from components.judges import JUDGES
+    from components.judging import data as judge_data
 
     print(f"judges: none at {folder}; training a default-architecture set for 150 steps each")
     cfg = params.judges.model_copy(update={f"{j}_steps": 150 for j in JUDGES})

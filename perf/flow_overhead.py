@@ -23,12 +23,12 @@ from pathlib import Path
 
 import mlflow
 
-from components.project import default_params, scaffold
+from components.pipeline.project import default_params, scaffold
 
 
 def _run(project: Path, env: dict) -> tuple[float, dict]:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "components.cli", "run", "--project", str(project)], env=env,
+    subprocess.run([sys.executable, "-m", "components.pipeline.cli", "run", "--project", str(project)], env=env,
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")

@@ -22,9 +22,9 @@ import torch
 
 from components import world
 from components.config import load_params
-from components.training.fit import build_generator
 from components.models.generator import SubjectGenerator
 from components.models.layout import arrange
+from components.training.fit import build_generator
 
 
 def _inputs(n: int, refs: int):

@@ -10,11 +10,11 @@ steps: the data is loaded up front and every step has the same shapes):
 - judges    on data/multi + data/single
 - pretrain  on data/single (1 reference per sample)
 - sft       on data/multi, which has the layout and reference counts of data/multisubject
-            (2/3/4 references, batch ``sft.batch_size``) and data/single replayed as the
+            (2/3/4 references, batch ``training.batch_size``) and data/single replayed as the
             1-reference batches, from the pretrain output
 
-Each stage reports its own peak resident memory (``peak_rss_mb`` in its metrics JSON, as in
-every pipeline run). The baseline is a process that imports what the stages import and nothing
+Each stage reports its own peak resident memory (``peak_rss_mb`` among the timings of the run
+record it writes for the flow, as in every pipeline run). The baseline is a process that imports what the stages import and nothing
 more. Prints MiB per stage and the ratio stage peak / baseline.
 """
 from __future__ import annotations
@@ -27,9 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-
-from components.project import default_params, scaffold
-from components.stage import RECORD_ENV
+from components.pipeline.project import default_params, scaffold
+from components.pipeline.stage import RECORD_ENV
 
 BASELINE = ("import resource, torch, diffusers, transformers, accelerate, mlflow, pandas; "
             "from components.models import generator; "

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from components.config import Params
-from components.project import default_params
-from components.synthesize import synthesize_split
+from components.data.synthesis import synthesize_split
+from components.pipeline.project import default_params
 
 
 def main() -> None:

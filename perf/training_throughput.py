@@ -20,9 +20,9 @@ import torch
 
 from components import world
 from components.config import load_params
-from components.training.fit import build_generator
 from components.objectives import FlowMatching, FlowMatchingBatch
 from components.training import LoopConfig, Trainer
+from components.training.fit import build_generator
 
 
 def _batches(n: int, batch: int, refs: int):

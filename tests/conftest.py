@@ -30,7 +30,7 @@ TINY_TRAIN = {"steps": 4, "batch_size": 4, "warmup_steps": 1, "log_every": 2, "s
 
 def tiny_params(**synth) -> dict:
     """The repository's params.yaml shrunk to a few samples per dataset."""
-    from components.project import default_params
+    from components.pipeline.project import default_params
 
     params = default_params()
     params["synthesize"].update({**TINY, **synth})
@@ -61,7 +61,7 @@ def set_training(params: dict, stage: str, **settings) -> dict:
 
 def make_project(dest: Path, params: dict) -> Path:
     """A fresh project (git + DVC + the code) with the given params."""
-    from components.project import scaffold
+    from components.pipeline.project import scaffold
 
     return scaffold(dest, params)
 
@@ -87,7 +87,7 @@ def judge_world(tmp_path_factory):
     """A small synthesized world shared by the judge, reward and benchmark tests: the data
     folder, the judges' training data (multi + single) and the held-out benchmark."""
     from components.config import Params
-    from components.judges import data as judge_data
+    from components.judging import data as judge_data
     from components.synthesize import SynthesizePaths
     from components.synthesize import run as synthesize
 

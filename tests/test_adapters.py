@@ -8,9 +8,17 @@ import pytest
 import torch
 from PIL import Image
 
-from components.judges.adapters import (CLIP_MEAN, IMAGENET_MEAN, IMAGENET_STD, HFImageEncoder, _pixel_box,
-                                        load_encoder, load_grounder, preprocess)
-from components.judges.base import Grounder, SubjectEncoder
+from components.judging.adapters import (
+    CLIP_MEAN,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    HFImageEncoder,
+    _pixel_box,
+    load_encoder,
+    load_grounder,
+    preprocess,
+)
+from components.judging.base import Grounder, SubjectEncoder
 
 VISION = dict(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
               intermediate_size=32)

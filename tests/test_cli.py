@@ -10,9 +10,9 @@ import urllib.request
 import mlflow
 import pytest
 
-import components.tracking  # noqa: F401 - reads $MLFLOW_TRACKING_URI before a test sets it
-from components import lineage
-from components.cli import main
+import components.pipeline.tracking  # noqa: F401 - reads $MLFLOW_TRACKING_URI before a test sets it
+from components.pipeline import lineage
+from components.pipeline.cli import main
 from tests.conftest import make_project, tiny_params
 
 
@@ -109,7 +109,7 @@ def test_ui_serves_mlflow_and_prefect_on_localhost(fresh, tmp_path):
     mport, pport = _free_port(), _free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
     env.pop("PREFECT_API_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "components.cli", "ui", "--project", str(fresh),
+    proc = subprocess.Popen([sys.executable, "-m", "components.pipeline.cli", "ui", "--project", str(fresh),
                              "--mlflow-port", str(mport), "--prefect-port", str(pport)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from components import lineage
+from components.pipeline import lineage
 from tests.conftest import make_project, tiny_params
 
 pytestmark = pytest.mark.integration
@@ -121,7 +121,7 @@ TIMING_KEYS = {"timing", "timings", "seconds", "train_seconds", "samples_per_sec
 
 
 def test_metrics_files_hold_no_timings_and_mlflow_has_them(project):
-    from components.tracking import flatten
+    from components.pipeline.tracking import flatten
 
     root, summary = project
     for name in STAGES:
@@ -143,8 +143,8 @@ def test_metrics_files_hold_no_timings_and_mlflow_has_them(project):
 
 
 def test_the_sft_generator_is_registered_with_scores_and_lineage(project, tmp_path):
-    from components.cli import main as cli_main
     from components.models.pyfunc import generate
+    from components.pipeline.cli import main as cli_main
 
     root, summary = project
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
@@ -274,13 +274,13 @@ def test_outputs_edited_by_hand_are_restored_by_dvc(project):
 
 
 def test_bad_data_stops_the_pipeline_with_a_report(project):
-    """A bug in synthesis (planted in the project's copy of the code) truncates one reference
+    """A bug in synthesis (planted in the project's copy of the library) truncates one reference
     PNG: synthesize reruns (its code changed), the gate rejects the data, the flow fails
     without retrying the gate, and the report names the file."""
     from flows.pipeline import DataGateFailed
 
     root, _ = project
-    code = root / "components" / "synthesize.py"
+    code = root / "components" / "data" / "synthesis.py"
     src = code.read_text()
     anchor = "        manifest.to_parquet(tmp / MANIFEST, index=False)\n"
     assert anchor in src

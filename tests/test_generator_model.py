@@ -8,8 +8,15 @@ import torch
 from transformers import AutoTokenizer
 
 from components import world
-from components.models.generator import (GeneratorConfig, SubjectGenerator, frame_ids, gaussian_log_prob,
-                                         sde_step_moments, to_model, to_uint8)
+from components.models.generator import (
+    GeneratorConfig,
+    SubjectGenerator,
+    frame_ids,
+    gaussian_log_prob,
+    sde_step_moments,
+    to_model,
+    to_uint8,
+)
 from components.models.text import UNK, build_tokenizer, tokenize, world_vocabulary
 from components.objectives import FlowMatching, FlowMatchingBatch
 

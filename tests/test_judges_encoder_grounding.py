@@ -7,11 +7,18 @@ import numpy as np
 import pytest
 
 from components.config import JudgesParams
-from components.judges import Grounder, SubjectEncoder, crop_subject
-from components.judges import data as judge_data
-from components.judges.encoder import (PATCH, EncoderNet, LookAlikes, WorldEncoder, _patch_pair, evaluate_encoder,
-                                       shuffle_subject, train_encoder)
-from components.judges.grounding import GrounderNet, WorldGrounder, evaluate_grounder, train_grounder
+from components.judging import Grounder, SubjectEncoder, crop_subject
+from components.judging.encoder import (
+    PATCH,
+    EncoderNet,
+    LookAlikes,
+    WorldEncoder,
+    _patch_pair,
+    evaluate_encoder,
+    shuffle_subject,
+    train_encoder,
+)
+from components.judging.grounding import GrounderNet, WorldGrounder, evaluate_grounder, train_grounder
 
 # Tiny networks and few steps: the whole file must stay well under a minute on 2 cores.
 CFG = JudgesParams(width=8, embed_dim=16, batch_size=16, encoder_steps=40, grounder_steps=150, lr=5e-3)

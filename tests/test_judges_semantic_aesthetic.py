@@ -7,12 +7,26 @@ import numpy as np
 import pytest
 
 from components.config import JudgesParams
-from components.judges import AestheticJudge, SemanticJudge
-from components.judges.aesthetic import (EMPTY, REJECTIONS, AestheticNet, WorldAestheticJudge, evaluate_aesthetic,
-                                         reject, train_aesthetic)
-from components.judges.damage import DAMAGES, damage
-from components.judges.semantic import (ACTIONS, BACKGROUNDS, SIZE_NAMES, SemanticNet, WorldSemanticJudge,
-                                        evaluate_semantic, train_semantic)
+from components.judging import AestheticJudge, SemanticJudge
+from components.judging.aesthetic import (
+    EMPTY,
+    REJECTIONS,
+    AestheticNet,
+    WorldAestheticJudge,
+    evaluate_aesthetic,
+    reject,
+    train_aesthetic,
+)
+from components.judging.damage import DAMAGES, damage
+from components.judging.semantic import (
+    ACTIONS,
+    BACKGROUNDS,
+    SIZE_NAMES,
+    SemanticNet,
+    WorldSemanticJudge,
+    evaluate_semantic,
+    train_semantic,
+)
 from components.world import backgrounds, shapes
 from components.world.subjects import CHARACTER
 

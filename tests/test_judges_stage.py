@@ -12,15 +12,15 @@ import yaml
 from PIL import Image
 from safetensors.numpy import load_file
 
-from components import world
-from components.benchmark import evaluate
+from components import evaluate, world
+from components import judges as judges_stage
+from components.benchmark import scoring
 from components.benchmark.report import DIMENSIONS
 from components.config import load_params
-from components.datasets import read_manifest
-from components.judges import stage as judges_stage
-from components.judges.sets import load_judge_set
-from components.project import default_params
-from components.stage import RECORD_ENV
+from components.data.manifest import read_manifest
+from components.judging.sets import load_judge_set
+from components.pipeline.project import default_params
+from components.pipeline.stage import RECORD_ENV
 from tests.conftest import REPO
 
 JUDGES = ("encoder", "grounder", "semantic", "aesthetic")
@@ -140,10 +140,10 @@ def test_oracle_draws_the_benchmark_scene_and_floors_do_not(project):
     """What the ranking rests on, independent of judge quality: the oracle reproduces each row's
     target exactly, the floors never do."""
     _, data = project
-    rows, side = evaluate.load_bench(data / "bench", per_subset=1)
+    rows, side = scoring.load_bench(data / "bench", per_subset=1)
     targets = read_manifest(data / "bench").groupby("subset", sort=False).head(1)
     for gen in GENERATORS:
-        images = evaluate.generate_all(evaluate.make_generator(gen), rows, side, seed=0)
+        images = scoring.generate_all(scoring.make_generator(gen), rows, side, seed=0)
         for img, t in zip(images, targets.itertuples()):
             truth = np.asarray(Image.open(data / "bench" / t.target).convert("RGB"))
             assert img.shape == truth.shape
@@ -153,7 +153,7 @@ def test_oracle_draws_the_benchmark_scene_and_floors_do_not(project):
 def test_benchmark_command_scores_one_generator_and_logs_it(project, capsys):
     import mlflow
 
-    from components.cli import main
+    from components.pipeline.cli import main
 
     root, data = project
     (root / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
@@ -193,7 +193,7 @@ def test_benchmark_ranks_the_reference_generators(tmp_path):
     synthesize(params, SynthesizePaths(out=tmp_path / "data", reports=tmp_path / "r"))
     judges_stage.run(params, judges_stage.JudgesPaths(data=tmp_path / "data", out=tmp_path / "judges",
                                                       reports=tmp_path / "rj"))
-    m = evaluate.benchmark(params, tmp_path / "data" / "bench", tmp_path / "judges", tmp_path / "rep", GENERATORS)
+    m = scoring.benchmark(params, tmp_path / "data" / "bench", tmp_path / "judges", tmp_path / "rep", GENERATORS)
     o = {g: m[g]["Overall"] for g in GENERATORS}
     for floor in ("background_only", "noise"):
         for d in DIMENSIONS:

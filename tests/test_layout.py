@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components import world
 from components.benchmark.generators import TrainedGenerator
 from components.models import layout, pyfunc
 from components.models.generator import SubjectGenerator

@@ -13,12 +13,15 @@ import pytest
 from pydantic import ValidationError
 
 from components import multisubject, world
+from components.bootstrap import pairs, redraw
+from components.bootstrap.pairs import pair_status
+from components.bootstrap.redraw import isolate, keep_in_place
 from components.config import Params
-from components.datasets import read_manifest
-from components.grids import load_rgb
-from components.judges.base import JudgeSet
-from components.multisubject import MultisubjectPaths, isolate, keep_in_place, pair_status
-from components.stage import DataValidationError
+from components.data.grids import load_rgb
+from components.data.manifest import read_manifest
+from components.judging.base import JudgeSet
+from components.multisubject import MultisubjectPaths
+from components.pipeline.stage import DataValidationError
 from components.world.render import Scene
 from tests.test_rewards import ConstantAesthetic, HistogramEncoder, Truth, TruthGrounder, TruthSemantic
 
@@ -55,10 +58,10 @@ def test_keep_in_place_keeps_the_subject_where_it_sits_and_drops_the_others():
 
 def test_scenes_are_drawn_with_their_subset_weights():
     subsets = pd.Series(["Four"] * 500 + ["Action"] * 500)
-    rows = multisubject.draw_scenes(subsets, 200, {"Four": 4.0}, seed=0)
+    rows = redraw.draw_scenes(subsets, 200, {"Four": 4.0}, seed=0)
     assert len(set(rows)) == 200 and list(rows) == sorted(rows)
     assert 140 <= (subsets[rows] == "Four").sum() <= 180  # about 4 of every 5 (more as Four rows run out)
-    even = multisubject.draw_scenes(subsets, 200, {}, seed=0)
+    even = redraw.draw_scenes(subsets, 200, {}, seed=0)
     assert 70 <= (subsets[even] == "Four").sum() <= 130
     with pytest.raises(ValidationError, match="Fuor"):  # a misspelt subset is a params error
         Params.model_validate({"multisubject": {**PLAIN, "subset_weights": {"Fuor": 2.0}}})
@@ -101,13 +104,13 @@ def staged(judge_world, tmp_path, monkeypatch):
             if i == 0 and k == 0:  # the same category, in colours the subject does not have
                 p = scene.placements[0]
                 other = next(x for x in pool[p.identity.category] if not set(x.colors) & set(p.identity.colors))
-                redraw = truth.render(replace(scene, placements=(replace(p, identity=other),) + scene.placements[1:]))
+                drawn = truth.render(replace(scene, placements=(replace(p, identity=other),) + scene.placements[1:]))
             elif i == 1 and k == 0:
-                redraw = np.zeros((32, 32, 3), np.uint8)
+                drawn = np.zeros((32, 32, 3), np.uint8)
             else:
-                redraw = exact
+                drawn = exact
             for key, mode in zip(keys, ("moved", "in_place")):
-                perfect[key], regenerations[key], modes[key] = exact, redraw, mode
+                perfect[key], regenerations[key], modes[key] = exact, drawn, mode
     assert len(set(inputs)) == len(inputs)  # every subject's input is its own
     calls = {"seeds": [], "prompts": [], "inputs": [], "perfect": perfect, "modes": modes}
 
@@ -117,9 +120,9 @@ def staged(judge_world, tmp_path, monkeypatch):
         calls["seeds"].append(seed)
         return [regenerations[x.tobytes()] for x in inputs]
 
-    monkeypatch.setattr(multisubject, "load_judge_set", lambda *a, **k: judges)
-    monkeypatch.setattr(multisubject.SubjectGenerator, "from_pretrained", classmethod(lambda cls, p: NoModel()))
-    monkeypatch.setattr(multisubject, "regenerate", fake_regenerate)
+    monkeypatch.setattr(pairs, "load_judge_set", lambda *a, **k: judges)
+    monkeypatch.setattr(pairs.SubjectGenerator, "from_pretrained", classmethod(lambda cls, p: NoModel()))
+    monkeypatch.setattr(redraw, "regenerate", fake_regenerate)
     paths = MultisubjectPaths(data=data / "multi", bench=data / "bench", generator=tmp_path / "pretrain",
                               judges=tmp_path / "judges", out=tmp_path / "multisubject", reports=tmp_path / "reports")
     return manifest, paths, calls
@@ -192,13 +195,13 @@ def test_a_failing_subject_is_redrawn_until_one_passes(staged, monkeypatch):
     perfect one. The two flawed subjects are redrawn once more and pass; nothing that passed is
     drawn again, and no subject reaches a third draw."""
     manifest, paths, calls = staged
-    flawed = multisubject.regenerate
+    flawed = redraw.regenerate
 
     def first_flawed(model, inputs, prompts, batch_size, steps, guidance, seed):
         first = flawed(model, inputs, prompts, batch_size, steps, guidance, seed)
-        return first if seed < multisubject.SEED_STRIDE else [calls["perfect"][x.tobytes()] for x in inputs]
+        return first if seed < redraw.SEED_STRIDE else [calls["perfect"][x.tobytes()] for x in inputs]
 
-    monkeypatch.setattr(multisubject, "regenerate", first_flawed)
+    monkeypatch.setattr(redraw, "regenerate", first_flawed)
     m = multisubject.run(Params.model_validate({"multisubject": {**PLAIN, "threshold": 0.9, "candidates": 3, "seed": 5}}), paths)
     assert m["kept"] == len(manifest) and m["candidates"] == 3
     assert m["dropped_by_reason"] == {"not_in_target": 0, "not_in_reference": 0, "inconsistent": 0}
@@ -206,8 +209,8 @@ def test_a_failing_subject_is_redrawn_until_one_passes(staged, monkeypatch):
     assert m["regenerations"] == n_subjects + 2  # the two flawed first subjects, twice
     subjects = pd.read_csv(paths.reports / "subjects.csv")
     assert sorted(subjects.draws.tolist()) == [1] * (n_subjects - 2) + [2, 2]
-    assert calls["seeds"][:2] == [5, 5 + multisubject.SEED_STRIDE]  # one seed per round
-    assert all(s - 5 == r * multisubject.SEED_STRIDE for r, s in enumerate(calls["seeds"]))
+    assert calls["seeds"][:2] == [5, 5 + redraw.SEED_STRIDE]  # one seed per round
+    assert all(s - 5 == r * redraw.SEED_STRIDE for r, s in enumerate(calls["seeds"]))
 
 
 def test_a_subject_failing_every_candidate_ends_its_scene(staged):
@@ -224,7 +227,7 @@ def test_a_subject_failing_every_candidate_ends_its_scene(staged):
 
 def test_the_gate_rejects_a_bootstrapped_dataset_with_nothing_kept(staged, monkeypatch):
     manifest, paths, _ = staged
-    monkeypatch.setattr(multisubject, "regenerate", lambda model, inputs, *a: [np.zeros((32, 32, 3), np.uint8)] * len(inputs))
+    monkeypatch.setattr(redraw, "regenerate", lambda model, inputs, *a: [np.zeros((32, 32, 3), np.uint8)] * len(inputs))
     with pytest.raises(DataValidationError, match="row_count"):
         multisubject.run(Params.model_validate({"multisubject": PLAIN}), paths)
     assert not paths.out.exists()  # nothing published

@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 
 from components.config import Params
-from components.training.fit import load_pairs
 from components.models.generator import SubjectGenerator
+from components.pipeline.project import default_params
 from components.pretrain import PretrainPaths
 from components.pretrain import run as pretrain
-from components.project import default_params
 from components.synthesize import SynthesizePaths
 from components.synthesize import run as synthesize
+from components.training.fit import load_pairs
 from tests.conftest import set_training
 
 EXPECTED_LOSS = [1.6474876403808594, 1.5632102489471436, 1.5148800611495972, 1.4146512746810913]

@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from components.benchmark import evaluate
+from components.benchmark import scoring
 from components.benchmark.generators import TrainedGenerator, make_generator
-from components.training.fit import load_pairs
 from components.models.generator import SubjectGenerator
+from components.pipeline.project import default_params
+from components.pipeline.tracking import STAGE_RUN_ENV
 from components.pretrain import main as pretrain_main
-from components.project import default_params
-from components.tracking import STAGE_RUN_ENV
+from components.training.fit import load_pairs
 from tests.conftest import set_training
 
 SMALL_GEN = {"width": 32, "heads": 2, "double_blocks": 1, "single_blocks": 1, "text_hidden": 16, "text_layers": 1}
@@ -100,11 +100,11 @@ def test_the_benchmark_scores_a_trained_generator(trained):
     root, data = trained
     gen = make_generator("pretrain", models=root / "models", steps=2)
     assert isinstance(gen, TrainedGenerator) and gen.name == "pretrain"
-    rows, side = evaluate.load_bench(data / "bench", per_subset=1)
-    images = evaluate.generate_all(gen, rows, side, seed=0)
+    rows, side = scoring.load_bench(data / "bench", per_subset=1)
+    images = scoring.generate_all(gen, rows, side, seed=0)
     assert len(images) == len(rows) and all(im.shape == (32, 32, 3) and im.dtype == np.uint8 for im in images)
     # batched by reference count = one call per row, same seeds
-    assert np.array_equal(images[0], evaluate.generate_all(gen, rows[:1], side, seed=0)[0])
+    assert np.array_equal(images[0], scoring.generate_all(gen, rows[:1], side, seed=0)[0])
     with pytest.raises(ValueError, match="draws 32x32"):
         gen.generate(rows[0].prompt, rows[0].refs, height=64, width=64, seed=0)
     with pytest.raises(KeyError, match="unknown generator"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-import components.tracking  # noqa: F401 - reads $MLFLOW_TRACKING_URI once, before these tests set it
+import components.pipeline.tracking  # noqa: F401 - reads $MLFLOW_TRACKING_URI once, before these tests set it
 from components.models import layout, pyfunc
 from components.models.generator import SubjectGenerator
 

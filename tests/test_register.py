@@ -9,12 +9,12 @@ import mlflow
 import pytest
 import yaml
 
-import components.tracking  # noqa: F401 - reads $MLFLOW_TRACKING_URI once, before these tests set it
+import components.pipeline.tracking  # noqa: F401 - reads $MLFLOW_TRACKING_URI once, before these tests set it
 from components import register
 from components.io import folder_hash
 from components.models.generator import SubjectGenerator
-from components.project import default_params
-from components.stage import RECORD_ENV
+from components.pipeline.project import default_params
+from components.pipeline.stage import RECORD_ENV
 
 SMALL_GEN = {"width": 32, "heads": 2, "double_blocks": 1, "single_blocks": 1, "text_hidden": 16, "text_layers": 1}
 NAME = "subjectflow-generator"
@@ -45,7 +45,7 @@ def project(tmp_path, monkeypatch):
 def _register(root, sc=0.75):
     (root / "metrics" / "evaluate.json").write_text(json.dumps(_scores(sc)))
     assert register.main(["--params", "params.yaml", "--model", "models/sft", "--scores", "metrics/evaluate.json",
-                          "--reports", "reports/register", "--metrics", "metrics/register.json"]) == 0
+                          "--reports", "reports/register", "--project", ".", "--metrics", "metrics/register.json"]) == 0
     return json.loads((root / "reports" / "register" / "registered.json").read_text())
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from components import world
-from components.judges.base import Grounding, JudgeSet
-from components.rewards import PSR_WEIGHTS, available, make_reward
+from components.judging.base import Grounding, JudgeSet
+from components.judging.rewards import PSR_WEIGHTS, available, make_reward
 from components.world.render import Placement, Scene
 
 CAT_RED = world.Identity("cat", ("red", "yellow"), "solid", "none")

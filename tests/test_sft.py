@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import yaml
 
+from components.data.manifest import read_manifest
 from components.models.generator import SubjectGenerator
-from components.project import default_params
-from components.datasets import read_manifest
+from components.pipeline.project import default_params
 from components.sft import main as sft_main
 from tests.conftest import set_training
 from tests.test_pretrain import SMALL_GEN

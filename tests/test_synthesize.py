@@ -7,7 +7,8 @@ from PIL import Image
 
 from components import synthesize, world
 from components.config import Params
-from components.datasets import COLUMNS, SPLITS, TRAIN_SPLITS, read_manifest
+from components.data import synthesis
+from components.data.manifest import COLUMNS, SPLITS, TRAIN_SPLITS, read_manifest
 from components.synthesize import SynthesizePaths
 from tests.conftest import tiny_params
 
@@ -85,7 +86,7 @@ def test_output_does_not_depend_on_worker_count(one_worker, tmp_path):
 def test_a_crash_leaves_no_half_written_dataset(tmp_path, monkeypatch):
     params = Params.model_validate(tiny_params())
     calls = {"n": 0}
-    real = synthesize.write_sample
+    real = synthesis.write_sample
 
     def flaky(*a, **k):
         calls["n"] += 1
@@ -93,8 +94,8 @@ def test_a_crash_leaves_no_half_written_dataset(tmp_path, monkeypatch):
             raise RuntimeError("disk on fire")
         return real(*a, **k)
 
-    monkeypatch.setattr(synthesize, "write_sample", flaky)
+    monkeypatch.setattr(synthesis, "write_sample", flaky)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        synthesize.synthesize_split(params.synthesize, "single", tmp_path / "single", workers=1)
+        synthesis.synthesize_split(params.synthesize, "single", tmp_path / "single", workers=1)
     assert not (tmp_path / "single").exists()
     assert list(tmp_path.iterdir()) == []

@@ -16,8 +16,8 @@ import yaml
 from PIL import Image
 
 from components.config import Params
-from components.datasets import MANIFEST, SPLITS, read_manifest
-from components.stage import EXIT_DATA_INVALID, DataValidationError
+from components.data.manifest import MANIFEST, SPLITS, read_manifest
+from components.pipeline.stage import EXIT_DATA_INVALID, DataValidationError
 from components.synthesize import SynthesizePaths
 from components.synthesize import run as synthesize
 from components.validate import ValidatePaths, main, run

@@ -5,7 +5,14 @@ import pytest
 
 from components import world
 from components.world import backgrounds
-from components.world.scenes import RELATIONS, choose_identities, relation_of, sample_single, sample_standardize, sample_task
+from components.world.scenes import (
+    RELATIONS,
+    choose_identities,
+    relation_of,
+    sample_single,
+    sample_standardize,
+    sample_task,
+)
 
 POOL = world.identity_pool("train", 0.1, "test-salt")
 BENCH = world.identity_pool("bench", 0.1, "test-salt")

@@ -1,1 +1,2 @@
-"""The PSRBench-style benchmark: generators, scoring, reports and the evaluate stage."""
+"""The PSRBench-style benchmark as a library: reference generators, scoring, reports and paired
+comparisons (the evaluate stage, ``components/evaluate.py``, calls ``scoring.benchmark``)."""

@@ -9,8 +9,9 @@ pairs of ``multisubject``). The ``slots`` layout turns one skill into the other:
 arrangement (reading order), the surround continued from its edges; the training pairs
 recomposed with that layout (``multisubject.recompose_layout``) put subject ``k`` in slot ``k``
 and hand it the same packed reference. A trained generator's folder records the layout it
-expects (``reference_layout.json``); the benchmark, the registered model and
-``subjectflow generate`` pack the references accordingly, so a caller always passes the plain
+expects (``sampling.json``, see ``models/sampling.py``; a dataset's folder records its layout in
+``reference_layout.json``); the benchmark, the registered model and ``subjectflow generate`` pack
+the references accordingly, so a caller always passes the plain
 references. Fewer references (or ``as_given``) pass through unchanged.
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .layout import check_layout, arrange
+from .layout import arrange, check_layout
 
 FILE = "sampling.json"
 

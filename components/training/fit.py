@@ -22,12 +22,12 @@ import torch
 from PIL import Image
 
 from ..config import GeneratorParams, Params, TrainConfig
-from ..datasets import MANIFEST, read_manifest
-from ..grids import grid, load_rgb
+from ..data.grids import grid, load_rgb
+from ..data.manifest import MANIFEST, read_manifest
 from ..models.generator import GeneratorConfig, SubjectGenerator
 from ..models.sampling import SamplingSettings
 from ..objectives import FlowMatching, FlowMatchingBatch
-from ..tracking import StepLogger
+from ..pipeline.tracking import StepLogger
 from .loop import LoopConfig, Trainer, process_state
 
 

@@ -16,14 +16,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..config import Params  # noqa: E402
-from ..io import atomic_dir, write_json_atomic  # noqa: E402
-from ..stage import path_field, stage_main  # noqa: E402
-from . import data as judge_data  # noqa: E402
-from .aesthetic import evaluate_aesthetic, train_aesthetic  # noqa: E402
-from .encoder import evaluate_encoder, train_encoder  # noqa: E402
-from .grounding import evaluate_grounder, train_grounder  # noqa: E402
-from .semantic import evaluate_semantic, train_semantic  # noqa: E402
+from .config import Params  # noqa: E402
+from .io import atomic_dir, write_json_atomic  # noqa: E402
+from .judging import data as judge_data  # noqa: E402
+from .judging.aesthetic import evaluate_aesthetic, train_aesthetic  # noqa: E402
+from .judging.encoder import evaluate_encoder, train_encoder  # noqa: E402
+from .judging.grounding import evaluate_grounder, train_grounder  # noqa: E402
+from .judging.semantic import evaluate_semantic, train_semantic  # noqa: E402
+from .pipeline.stage import path_field, stage_main  # noqa: E402
 
 SETS = {"reward": 0, "eval": 1}  # set name -> row parity it trains on
 TRAIN_SPLITS = ("multi", "single")
@@ -91,3 +91,7 @@ def run(params: Params, paths: JudgesPaths) -> dict:
 
 def main(argv=None) -> int:
     return stage_main("judges", run, JudgesPaths, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

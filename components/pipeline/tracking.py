@@ -21,10 +21,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow  # noqa: E402
 
-from .config import Params  # noqa: E402
-from .datasets import MANIFEST  # noqa: E402
+from ..config import Params  # noqa: E402
+from ..data.manifest import MANIFEST  # noqa: E402
 from .lineage import StageInfo, locked_deps, locked_outs  # noqa: E402
-
 
 # Read once, at import: mlflow.set_tracking_uri() writes this variable too, so reading it later
 # would make one project's store leak into the next project run in the same process.

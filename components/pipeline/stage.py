@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .config import Params, ParamsError, load_params
-from .io import write_json_atomic
+from ..config import Params, ParamsError, load_params
+from ..io import write_json_atomic
 
 EXIT_PARAMS = 2
 EXIT_DATA_INVALID = 3

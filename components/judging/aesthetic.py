@@ -27,8 +27,8 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from ..config import JudgesParams
-from .base import as_batch
 from ..world import backgrounds
+from .base import as_batch
 from .damage import DAMAGES, damage
 from .data import JudgeData
 from .train import fit, to_tensor

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-SOURCE = Path(__file__).resolve().parents[1]
+SOURCE = Path(__file__).resolve().parents[2]
 
 
 def default_params() -> dict:

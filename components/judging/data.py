@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..datasets import read_manifest
+from ..data.manifest import read_manifest
 from .base import Box
 
 

@@ -23,9 +23,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .judges.base import Grounding, JudgeSet, crop_subject
-from .judges.geometry import relation_from_boxes
-from .registry import Registry
+from ..registry import Registry
+from .base import JudgeSet, crop_subject
+from .geometry import relation_from_boxes
 
 PSR_WEIGHTS = {"psr": 0.4, "semantic": 0.4, "aesthetic": 0.2}
 

@@ -1,11 +1,8 @@
-"""evaluate stage: the PSRBench-style benchmark.
-
-Every generator draws every benchmark row (7 subsets, held-out identities); the evaluation judge
-set scores each image on Subject Consistency (PSR's grounded pairwise reward), Semantic Alignment
-(the fraction of the prompt's claims that hold; Position by box geometry) and Aesthetic. Outputs:
-metrics per generator, subset and overall; a CSV table; per-sample scores; a radar chart per
-dimension and per-subset bars; a sample grid per generator (references | output).
-"""
+"""Scoring generators on the benchmark: the rows of ``data/bench``, every generator's images for
+them (batched by reference count, seeded per row), the judges' scores (Subject Consistency, PSR's
+grounded pairwise reward; Semantic Alignment, the fraction of the prompt's claims that hold,
+Position by box geometry; Aesthetic), and the reports (table, per-sample scores, paired
+comparisons, charts, sample grids) that ``benchmark`` writes."""
 from __future__ import annotations
 
 import json
@@ -18,22 +15,14 @@ import pandas as pd
 
 from .. import world
 from ..config import Params
-from ..datasets import read_manifest
-from ..grids import grid, load_rgb
-from ..judges.base import JudgeSet
-from ..judges.sets import load_judge_set
-from ..rewards import make_reward
-from ..stage import TIMINGS, path_field, stage_main
+from ..data.grids import grid, load_rgb
+from ..data.manifest import read_manifest
+from ..judging.base import JudgeSet
+from ..judging.rewards import make_reward
+from ..judging.sets import load_judge_set
+from ..pipeline.stage import TIMINGS
 from . import report
 from .generators import Generator, available, make_generator
-
-
-@dataclass
-class EvaluatePaths:
-    bench: Path = path_field("the benchmark dataset folder (data/bench)")
-    judges: Path = path_field("folder holding the judge sets (models/judges)")
-    models: Path = path_field("folder holding trained generators by name (models/)")
-    reports: Path = path_field("folder for the table, charts and sample grids")
 
 
 @dataclass
@@ -142,16 +131,3 @@ def benchmark(params: Params, bench_dir: Path, judges_dir: Path, reports: Path,
             "missing_rate": round(float(r.missing_rate), 4)}
     metrics[TIMINGS] = timing  # wall clock: to MLflow, not to metrics/evaluate.json (a dependency of register)
     return metrics
-
-
-def run(params: Params, paths: EvaluatePaths) -> dict:
-    """The benchmark for every generator in params.evaluate.generators."""
-    return benchmark(params, paths.bench, paths.judges, paths.reports, models=paths.models)
-
-
-def main(argv=None) -> int:
-    return stage_main("evaluate", run, EvaluatePaths, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

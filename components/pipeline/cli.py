@@ -59,7 +59,7 @@ def cmd_stage(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from components import lineage
+    from components.pipeline import lineage
 
     root = _project(args)
     stale = lineage.status(root)
@@ -75,10 +75,10 @@ def cmd_benchmark(args) -> int:
     """Score one generator on the benchmark with the evaluation judges, outside the DAG."""
     import mlflow
 
-    from components import tracking
-    from components.benchmark.evaluate import benchmark
     from components.benchmark.generators import available
+    from components.benchmark.scoring import benchmark
     from components.config import load_params
+    from components.pipeline import tracking
 
     root = _project(args)
     params = load_params(root / "params.yaml")
@@ -118,8 +118,8 @@ def cmd_generate(args) -> int:
     if not pyfunc.is_local_generator(args.model):
         root = Path(args.project).resolve()
         if (root / "params.yaml").exists():
-            from components import tracking
             from components.config import load_params
+            from components.pipeline import tracking
 
             mlflow.set_tracking_uri(tracking.tracking_uri(root, load_params(root / "params.yaml")))
     refs = []
@@ -170,8 +170,8 @@ def _stop_groups(procs: list[subprocess.Popen], grace: float = 15.0) -> None:
 
 
 def cmd_ui(args) -> int:
-    from components import tracking
     from components.config import load_params
+    from components.pipeline import tracking
 
     # Ctrl-C (SIGINT) and SIGTERM both stop the servers, even when SIGINT came in ignored (a
     # shell starts background jobs that way, and Python then never raises KeyboardInterrupt).

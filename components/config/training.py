@@ -1,0 +1,176 @@
+"""Sections of the generator and its training stages: the architecture and sampling settings, the
+shared training block, pretrain, multisubject bootstrapping and sft."""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+
+from .base import Section, known_tasks
+
+
+class GeneratorParams(Section):
+    """The generator's architecture (FLUX.1 Kontext's transformer at a tiny size by default)."""
+
+    patch: Annotated[int, Field(ge=1, le=16)] = Field(4, description="Pixels per patch side (tokens = (res/patch)^2).")
+    width: Annotated[int, Field(ge=8)] = Field(128, description="Transformer width (heads x head dim).")
+    heads: Annotated[int, Field(ge=1)] = Field(4, description="Attention heads.")
+    double_blocks: Annotated[int, Field(ge=0)] = Field(2, description="FLUX double-stream (MMDiT) blocks.")
+    single_blocks: Annotated[int, Field(ge=0)] = Field(4, description="FLUX single-stream blocks.")
+    text_hidden: Annotated[int, Field(ge=8)] = Field(64, description="Width of the tiny CLIP text encoder.")
+    text_layers: Annotated[int, Field(ge=1)] = Field(2, description="Layers of the tiny CLIP text encoder.")
+    pretrained: str | None = Field(
+        None, description="Real profile: a FLUX.1 Kontext folder or hub id (black-forest-labs/FLUX.1-Kontext-dev); "
+                          "its weights are frozen and LoRA adapters trained. None = the tiny model from scratch.")
+    lora_rank: Annotated[int, Field(ge=1)] = Field(16, description="LoRA rank of the real profile.")
+    prediction: Literal["velocity", "sample"] = Field(
+        "velocity", description="Transformer output: velocity (FLUX) or clean image (x-prediction, JiT).")
+    sample_steps: Annotated[int, Field(ge=1)] = Field(
+        20, description="ODE steps a trained generator samples with; recorded in its folder (sampling.json), where "
+                        "the benchmark, the registered model and `subjectflow generate` read it.")
+    guidance: Annotated[float, Field(ge=1)] = Field(
+        2.5, description="CFG scale a trained generator samples with (1 = off); recorded in its folder like sample_steps.")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self):
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} must be divisible by heads {self.heads} (width = heads x head dim)")
+        if self.width // self.heads < 4:
+            raise ValueError(f"width / heads = {self.width // self.heads}: a head needs at least 4 dimensions "
+                             "(RoPE splits them over frame, row and column)")
+        return self
+
+
+def _yaml_no(v):
+    """YAML 1.1 reads an unquoted ``no`` as false: take it for the string it was meant to be."""
+    return "no" if v is False else v
+
+
+class TrainingParams(Section):
+    """What every training stage (pretrain, sft) shares: the loop (components/training) and the
+    flow-matching objective (components/objectives). Each stage's own section adds what differs."""
+
+    seed: int = Field(0, description="Seed of the initial weights and of every step's randomness.")
+    batch_size: Annotated[int, Field(ge=1)] = Field(16, description="Samples per process and micro-step.")
+    grad_accum: Annotated[int, Field(ge=1)] = Field(1, description="Micro-steps per optimizer step.")
+    subject_weight: Annotated[float, Field(ge=1)] = Field(
+        5.0, description="Loss weight of subject pixels (from the dataset's masks) relative to background.")
+    mixed_precision: Annotated[Literal["no", "bf16", "fp16"], BeforeValidator(_yaml_no)] = Field(
+        "no", description="accelerate mixed precision (an unquoted `no` counts as 'no').")
+    # advanced
+    warmup_steps: Annotated[int, Field(ge=0)] = Field(30, description="Linear warm-up, then cosine decay to 10%.")
+    weight_decay: Annotated[float, Field(ge=0)] = Field(0.0, description="AdamW weight decay.")
+    max_grad_norm: Annotated[float, Field(gt=0)] | None = Field(1.0, description="Gradient clipping (None = off).")
+    drop_text: Annotated[float, Field(ge=0, le=1)] = Field(0.1, description="P(prompt dropped) for CFG.")
+    drop_refs: Annotated[float, Field(ge=0, le=1)] = Field(0.05, description="P(references dropped) for CFG.")
+    drop_both: Annotated[float, Field(ge=0, le=1)] = Field(0.05, description="P(both dropped) for CFG.")
+    log_every: Annotated[int, Field(ge=1)] = Field(10, description="Steps between loss / LR / throughput logs.")
+    grid_rows: Annotated[int, Field(ge=1, le=64)] = Field(8, description="Rows of each sample grid.")
+
+    @field_validator("drop_both")
+    @classmethod
+    def _dropout_sums_to_at_most_one(cls, v, info):
+        if v + info.data.get("drop_text", 0) + info.data.get("drop_refs", 0) > 1:
+            raise ValueError("drop_text + drop_refs + drop_both must not exceed 1")
+        return v
+
+
+class StageTrainingParams(Section):
+    """A training stage's own settings, on top of the shared ``training`` section."""
+
+    steps: Annotated[int, Field(ge=1)] = Field(600, description="Optimizer steps.")
+    lr: Annotated[float, Field(gt=0)] = Field(1e-3, description="Peak learning rate (AdamW).")
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        0.995, description="EMA of the weights, saved as the model (None = off; warm-up: training.EMA).")
+    checkpoint_every: Annotated[int, Field(ge=0)] = Field(
+        200, description="Resumable checkpoint every N steps in .checkpoints/ (0 = end only).")
+    sample_every: Annotated[int, Field(ge=0)] = Field(400, description="Steps between sample grids (0 = end only).")
+
+
+class PretrainParams(StageTrainingParams):
+    """Single-subject personalization on data/single."""
+
+    steps: Annotated[int, Field(ge=1)] = Field(3000, description="Optimizer steps.")
+    lr: Annotated[float, Field(gt=0)] = Field(2e-3, description="Peak learning rate (AdamW).")
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        0.999, description="EMA of the weights, saved as the model (None = off; warm-up: training.EMA).")
+    checkpoint_every: Annotated[int, Field(ge=0)] = Field(
+        500, description="Resumable checkpoint every N steps in .checkpoints/ (0 = end only).")
+    sample_every: Annotated[int, Field(ge=0)] = Field(500, description="Steps between sample grids (0 = end only).")
+
+
+class TrainConfig(TrainingParams, StageTrainingParams):
+    """One training stage's whole configuration: the shared section, the stage's own, and the
+    generator's sampling settings (for its sample grids). Built by ``Params.train_config``."""
+
+    sample_steps: int = 20
+    guidance: float = 1.0
+
+
+class MultisubjectParams(Section):
+    """PSR's data bootstrapping: regenerate each subject of a multi-subject scene with the
+    single-subject model and keep the pairs whose regenerations are consistent with it."""
+
+    seed: int = Field(0, description="Seed of the new backgrounds and of the sampler.")
+    max_scenes: Annotated[int, Field(ge=1)] | None = Field(1000, description="Scenes of data/multi used (None = all).")
+    subset_weights: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        {"Three": 2.0, "Four": 3.0}, description="Relative weight of a subset's scenes when max_scenes are drawn (unnamed subsets: 1); "
+        "pairs of more subjects survive the filter less often, so they can be drawn more.")
+    judge_set: Literal["reward", "eval"] = Field(
+        "reward", description="Judges that ground and filter: must be the reward set (checked; the eval set never "
+                              "sees the training signal).")
+    threshold: Annotated[float, Field(ge=-1, le=1)] = Field(
+        0.6, description="Minimum encoder cosine between a regenerated reference and its subject.")
+    subject_size: Annotated[int, Field(ge=4)] = Field(
+        20, description="Side in pixels of the subject crop given to the single-subject model, centred.")
+    in_place: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.5, description="Share of the scenes whose subjects are handed to the model where they sit in the scene "
+        "(alone, the surround continued from the box) rather than re-centred at subject_size: their references "
+        "show each subject at its target placement.")
+    batch_size: Annotated[int, Field(ge=1)] = Field(64, description="Regenerations per sampler call.")
+    candidates: Annotated[int, Field(ge=1)] = Field(
+        6, description="Most redraws per subject (other seeds): it is redrawn until one passes the threshold.")
+    sample_steps: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="ODE steps per regeneration (None = what the single-subject model's folder records).")
+    guidance: Annotated[float, Field(ge=1)] | None = Field(
+        None, description="CFG scale of the regenerations (None = what the single-subject model's folder records).")
+    grid_rows: Annotated[int, Field(ge=1, le=64)] = Field(8, description="Rows of the kept / dropped example grids.")
+    recompose: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        {"Three": 300, "Four": 300}, description="Pairs per task rendered anew with the identities whose reference passed, each with "
+        "its passing reference (a k-subject scene keeps only when all k pass, so many-subject pairs are scarce).")
+    recompose_layout: Literal["as_given", "slots"] = Field(
+        "slots", description="Layout of the recomposed pairs: as_given = the world's free layout, references as "
+        "they passed; slots = subject k in slot k of a fixed arrangement, its re-centred reference shrunk into the "
+        "same slot (models/layout.py); the trained generator then packs three or four references the same way.")
+
+    @field_validator("subset_weights", "recompose")
+    @classmethod
+    def _known_subsets(cls, v):
+        return known_tasks(v, "subset")
+
+    @model_validator(mode="after")
+    def _slots_fit(self):
+        from ..models.layout import SLOTS
+        from ..world.scenes import N_SUBJECTS
+
+        if self.recompose_layout == "slots":
+            bad = [t for t, n in self.recompose.items() if n and N_SUBJECTS[t] not in SLOTS]
+            if bad:
+                raise ValueError(f"recompose_layout 'slots' has slots for {sorted(SLOTS)} subjects only; "
+                                 f"recompose names {bad}")
+        return self
+
+
+class SftParams(StageTrainingParams):
+    """Multi-subject SFT: the shared loop on the bootstrapped data, from the pretrained weights."""
+
+    ref_count_probs: dict[Annotated[int, Field(ge=1)], Annotated[float, Field(ge=0)]] = Field(
+        {1: 0.2, 2: 0.2, 3: 0.25, 4: 0.35}, description="Probability of a batch with 2, 3 or 4 references; "
+        "1 = a batch of single-subject pairs from data/single (replay).")
+
+    @field_validator("ref_count_probs")
+    @classmethod
+    def _some_probability(cls, v):
+        if not v or sum(v.values()) <= 0:
+            raise ValueError("at least one reference count needs a positive probability")
+        return v

@@ -1,0 +1,37 @@
+"""evaluate stage: the PSRBench-style benchmark.
+
+Every generator draws every benchmark row (7 subsets, held-out identities); the evaluation judge
+set scores each image on Subject Consistency (PSR's grounded pairwise reward), Semantic Alignment
+(the fraction of the prompt's claims that hold; Position by box geometry) and Aesthetic. Outputs:
+metrics per generator, subset and overall; a CSV table; per-sample scores; a radar chart per
+dimension and per-subset bars; a sample grid per generator (references | output).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .benchmark.scoring import benchmark
+from .config import Params
+from .pipeline.stage import path_field, stage_main
+
+
+@dataclass
+class EvaluatePaths:
+    bench: Path = path_field("the benchmark dataset folder (data/bench)")
+    judges: Path = path_field("folder holding the judge sets (models/judges)")
+    models: Path = path_field("folder holding trained generators by name (models/)")
+    reports: Path = path_field("folder for the table, charts and sample grids")
+
+
+def run(params: Params, paths: EvaluatePaths) -> dict:
+    """The benchmark for every generator in params.evaluate.generators."""
+    return benchmark(params, paths.bench, paths.judges, paths.reports, models=paths.models)
+
+
+def main(argv=None) -> int:
+    return stage_main("evaluate", run, EvaluatePaths, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

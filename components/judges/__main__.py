@@ -1,3 +1,0 @@
-from .stage import main
-
-raise SystemExit(main())
