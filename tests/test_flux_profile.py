@@ -11,6 +11,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 from components.models.flux import LORA_FILE, from_flux, trainable_parameters
 from components.models.generator import SubjectGenerator
 from components.models.text import build_tokenizer
+from components.objectives import FlowMatching, FlowMatchingBatch
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_flux_loads_by_path_with_only_lora_trainable(flux_dir, tmp_path):
     assert hidden.shape[-1] == 24 and pooled.shape[-1] == 16  # T5 per token, CLIP pooled
     img = np.zeros((2, 32, 32, 3), np.uint8)
     refs = [[img[0], img[0]], [img[1], img[1]]]
-    loss = g(img, ["a", "b"], refs, generator=torch.Generator().manual_seed(0))
+    loss, _ = FlowMatching()(g, FlowMatchingBatch(img, ["a", "b"], refs), torch.Generator().manual_seed(0))
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is None for n, p in g.named_parameters() if "lora_" not in n)

@@ -173,6 +173,7 @@ def test_benchmark_command_scores_one_generator_and_logs_it(project, capsys):
         main(["benchmark", "--generator", "dalle", "--project", str(root)])
 
 
+@pytest.mark.slow  # trains its own judges on 300 scenes: about 3 minutes
 def test_benchmark_ranks_the_reference_generators(tmp_path):
     """With judges trained for about a minute on a small world, the benchmark already orders the
     reference generators as it must: oracle far above both floors on every dimension, and
