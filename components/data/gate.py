@@ -102,7 +102,7 @@ def samples_frame(manifest: pd.DataFrame, root: Path, decode: bool) -> pd.DataFr
 
 
 def subjects_with_size(manifest: pd.DataFrame) -> pd.DataFrame:
-    """``datasets.subjects_frame`` plus the sample's width and height, so the box bounds are
+    """``manifest.subjects_frame`` plus the sample's width and height, so the box bounds are
     column-pair expectations."""
     m = _with_all_columns(manifest)
     subj = subjects_frame(m)

@@ -1,12 +1,14 @@
-"""Training a generator on a dataset with the shared loop: what pretrain and sft have in common.
+"""Fitting a generator to a dataset with the trainer and the flow-matching objective: what
+pretrain and sft have in common.
 
 A dataset is read once into memory (targets, prompts, references grouped by how many a row
 has; at 32 px the whole of ``single`` is a few MB). Each step draws a batch of rows with the same
-number of references, so a batch is one token sequence length. Step metrics (loss, learning
-rate, throughput) go to the stage's MLflow run when the flow started it, and a sample grid every
-``sample_every`` steps to ``reports/<stage>/samples/`` and MLflow. Checkpoints live outside the
-DVC outputs, in ``.checkpoints/<stage>-<fingerprint>``, keyed by the stage's params and data,
-so a crashed stage rerun by DVC resumes where it stopped and a changed stage starts afresh.
+number of references, so a batch is one token sequence length. Step metrics (loss, every term of
+the objective, learning rate, throughput) go to the stage's MLflow run when the flow started it,
+and a sample grid every ``sample_every`` steps to ``reports/<stage>/samples/`` and MLflow.
+Checkpoints live outside the DVC outputs, in ``<checkpoints>/<stage>-<fingerprint>``, keyed by
+the stage's config, architecture, data and initial weights, so a crashed stage rerun by DVC
+resumes where it stopped and a changed stage starts afresh.
 """
 from __future__ import annotations
 
