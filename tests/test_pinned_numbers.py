@@ -38,10 +38,12 @@ def test_tiny_seeded_pretrain_matches_the_recorded_run(tmp_path):
     pretrain(params, PretrainPaths(data=tmp_path / "data" / "single", out=tmp_path / "models" / "pretrain",
                                    reports=tmp_path / "reports" / "pretrain", checkpoints=tmp_path / ".checkpoints"))
     loss = pd.read_csv(tmp_path / "reports" / "pretrain" / "history.csv").loss.tolist()
-    assert loss == pytest.approx(EXPECTED_LOSS, abs=1e-5)
+    # Tolerances allow for another processor's matmul kernels (recorded on AMD EPYC; CI may run on
+    # Intel): a changed draw order, loss or update moves these numbers by 1e-2 or more.
+    assert loss == pytest.approx(EXPECTED_LOSS, rel=1e-4)
     gen = SubjectGenerator.from_pretrained(tmp_path / "models" / "pretrain")
     weights = gen.transformer.proj_out.weight.detach().flatten()[:6].tolist()
-    assert weights == pytest.approx(EXPECTED_WEIGHTS, abs=1e-6)
+    assert weights == pytest.approx(EXPECTED_WEIGHTS, abs=1e-4)
     data = load_pairs(tmp_path / "data" / "single")
     image = gen.sample(data.prompts[:1], [data.refs[0]], steps=2, guidance=2.5, seed=0)["images"][0]
-    assert np.abs(image[10, 10:16, 0].astype(int) - EXPECTED_PIXELS).max() <= 1
+    assert np.abs(image[10, 10:16, 0].astype(int) - EXPECTED_PIXELS).max() <= 2
