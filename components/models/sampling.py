@@ -27,7 +27,7 @@ class SamplingSettings:
     def __post_init__(self):
         check_layout(self.reference_layout, f"{FILE}: ")
         if self.steps < 1 or self.guidance < 1:
-            raise ValueError(f"{FILE}: steps must be >= 1 and guidance >= 1, got {self.steps} and {self.guidance}")
+            raise ValueError(f"sampling: steps must be >= 1 and guidance >= 1, got {self.steps} and {self.guidance}")
 
     def save(self, folder: str | Path) -> None:
         (Path(folder) / FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
