@@ -102,6 +102,32 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path, mode):
     assert len(list((out / "checkpoints").iterdir())) == 2
 
 
+def test_a_run_killed_while_writing_a_checkpoint_resumes_from_the_last_whole_one(tmp_path):
+    """Killed (SIGKILL) inside the step-4 checkpoint write, after its files are on disk but before
+    the rename that completes it: the rerun resumes from step 2, removes the partial step-4 folder
+    and ends with the weights of an uninterrupted run."""
+    whole = _run(tmp_path / "whole", "--steps", "6", "--checkpoint-every", "2")
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(out), "--steps", "6", "--checkpoint-every", "2",
+                             "--stall-checkpoint", "4"], env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    partial = out / "checkpoints" / "step-0000004.tmp"
+    deadline = time.time() + 120
+    while not (partial / "model.safetensors").is_file():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its step-4 checkpoint"
+        time.sleep(0.05)
+    time.sleep(1.0)  # inside the stall: every file written, the folder not yet renamed
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest_checkpoint(out).name == "step-0000002" and partial.is_dir()
+    # (no checkpoint on the way this time, so only the clean-up can remove the partial one)
+    resumed = _run(out, "--steps", "6", "--checkpoint-every", "0")
+    assert resumed["resumed_from"] == 2 and not partial.exists()
+    assert _same(_weights(out)["raw"], _weights(tmp_path / "whole")["raw"])
+    assert _same(_weights(out)["ema"], _weights(tmp_path / "whole")["ema"])
+    assert whole["step"] == resumed["step"] == 6
+
+
 def test_on_policy_collects_from_the_current_weights_and_logs_every_term(tmp_path):
     """Each collection comes from the weights of the moment: the first micro-batch after a
     collection has ratio exactly 1 (6 optimizer steps per collection of 3 batches x 2 inner

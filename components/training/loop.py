@@ -202,6 +202,7 @@ class Trainer:
         """Train to ``cfg.steps`` (from the newest checkpoint when ``resume``); the final state is
         checkpointed too."""
         resumed_from = None
+        self._remove_partial_checkpoints()
         if resume and (ckpt := latest_checkpoint(self.out_dir)) is not None:
             self.acc.load_state(str(ckpt))
             resumed_from = self.progress.step
@@ -289,6 +290,13 @@ class Trainer:
         self.history.append(record)
         if self.on_log and self.acc.is_main_process:
             self.on_log(step, record)
+
+    def _remove_partial_checkpoints(self) -> None:
+        """A checkpoint a crash interrupted is still under its temporary name: never resumed, removed."""
+        if self.acc.is_main_process:
+            for partial in (self.out_dir / CHECKPOINTS).glob("step-*.tmp"):
+                shutil.rmtree(partial, ignore_errors=True)
+        self.acc.wait_for_everyone()
 
     def checkpoint(self) -> None:
         """Save the whole training state as ``step-NNNNNNN`` (written aside, renamed when whole)

@@ -1,7 +1,7 @@
 """A toy run of the shared trainer, for the resume and multi-process tests.
 
     python tests/scripts/train_toy.py OUT [--steps N] [--checkpoint-every K] [--sleep S] [--no-resume]
-                                          [--grad-accum A] [--on-policy]
+                                          [--grad-accum A] [--on-policy] [--stall-checkpoint STEP]
 
 Offline: regression of a linear target. ``--on-policy``: a Gaussian policy (the same network as
 its mean) is rolled out from its current weights, rewarded, and trained with a clipped-ratio
@@ -84,6 +84,8 @@ def main() -> None:
     ap.add_argument("--grad-accum", type=int, default=1)
     ap.add_argument("--on-policy", action="store_true")
     ap.add_argument("--no-resume", action="store_true")
+    ap.add_argument("--stall-checkpoint", type=int, default=0,
+                    help="hang for a minute inside the checkpoint write of this step (to be killed there)")
     args = ap.parse_args()
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
@@ -98,7 +100,17 @@ def main() -> None:
                      ema_decay=0.9, seed=3)
     source = {"collect": Rollouts(args.sleep)} if args.on_policy else {"make_batch": make_batch}
     objective = ClippedRatio() if args.on_policy else Regression()
-    res = Trainer(model, objective, cfg, args.out, **source).run(resume=not args.no_resume)
+    trainer = Trainer(model, objective, cfg, args.out, **source)
+    if args.stall_checkpoint:  # the state is written, not yet renamed into place: a crash here must cost nothing
+        save = trainer.acc.save_state
+
+        def stalling_save(path, *a, **k):
+            out = save(path, *a, **k)
+            if trainer.progress.step == args.stall_checkpoint:
+                time.sleep(60)
+            return out
+        trainer.acc.save_state = stalling_save
+    res = trainer.run(resume=not args.no_resume)
     state = process_state()
     rank = state.process_index
     torch.save({"raw": res.raw_model.state_dict(), "ema": res.model.state_dict()}, args.out / f"weights-rank{rank}.pt")
