@@ -152,11 +152,16 @@ def process_state() -> PartialState:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    """The newest complete checkpoint (a checkpoint is written under a temporary name and
+def complete_checkpoints(out_dir: Path) -> list[Path]:
+    """The complete checkpoints, oldest first (a checkpoint is written under a temporary name and
     renamed when whole, so a crash mid-write leaves nothing that looks complete)."""
     folder = Path(out_dir) / CHECKPOINTS
-    found = sorted(p for p in folder.glob("step-*") if not p.name.endswith(".tmp")) if folder.is_dir() else []
+    return sorted(p for p in folder.glob("step-*") if not p.name.endswith(".tmp")) if folder.is_dir() else []
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete checkpoint, if any."""
+    found = complete_checkpoints(out_dir)
     return found[-1] if found else None
 
 
@@ -312,6 +317,6 @@ class Trainer:
         if acc.is_main_process:
             shutil.rmtree(target, ignore_errors=True)
             tmp.rename(target)
-            for old in sorted(p for p in folder.glob("step-*") if not p.name.endswith(".tmp"))[:-self.cfg.keep_checkpoints]:
+            for old in complete_checkpoints(self.out_dir)[:-self.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
