@@ -4,6 +4,7 @@ given, resumes from its checkpoints, and the benchmark can score what it trained
 from __future__ import annotations
 
 import json
+import shutil
 
 import mlflow
 import numpy as np
@@ -85,15 +86,30 @@ def test_a_crashed_pretrain_resumes_from_its_checkpoint(trained, monkeypatch, tm
         _pretrain(root, data, monkeypatch)
     assert [p.name for p in (root / ".checkpoints").glob("pretrain-*/checkpoints/*")] == ["step-0000003"]
     monkeypatch.setattr(fit, "Trainer", real)
+    shutil.rmtree(root / "reports" / "pretrain")  # as DVC does before it reruns a stage
     assert _pretrain(root, data, monkeypatch) == 0
     m = json.loads((root / "metrics" / "pretrain.json").read_text())
     assert m["resumed_from_step"] == 3
     resumed = SubjectGenerator.from_pretrained(root / "models" / "pretrain").state_dict()
-    # the first test's uninterrupted run of the same params and data
+    reports = _whole_run_reports(root)
+    # An uninterrupted run of the same params and data.
     (root / "models" / "pretrain").rename(tmp_path / "resumed")
+    shutil.rmtree(root / "reports" / "pretrain")
     assert _pretrain(root, data, monkeypatch) == 0
     whole = SubjectGenerator.from_pretrained(root / "models" / "pretrain").state_dict()
     assert all(np.array_equal(resumed[k].numpy(), whole[k].numpy()) for k in whole)
+    # The resumed run's reports cover the whole run, as the uninterrupted run's do.
+    m_whole = json.loads((root / "metrics" / "pretrain.json").read_text())
+    assert {k: v for k, v in m.items() if k != "resumed_from_step"} == \
+        {k: v for k, v in m_whole.items() if k != "resumed_from_step"}
+    assert sum(m["batches_by_ref_count"].values()) == 6
+    assert reports == _whole_run_reports(root)
+
+
+def _whole_run_reports(root):
+    """The history (without throughput) and the names of the sample grids."""
+    hist = pd.read_csv(root / "reports" / "pretrain" / "history.csv").drop(columns="samples_per_second")
+    return hist.to_dict("list"), sorted(p.name for p in (root / "reports" / "pretrain" / "samples").iterdir())
 
 
 def test_the_benchmark_scores_a_trained_generator(trained):

@@ -123,6 +123,31 @@ def encode_pairs(model: SubjectGenerator, data: Pairs, groups: dict[int, np.ndar
     return targets, refs
 
 
+class _BatchDraw:
+    """``make_batch`` of the trainer: each micro-step picks a reference count with ``probs``, then
+    ``batch_size`` rows with that many references. Counts the batches of each reference count,
+    checkpointed with the training state so a resumed run reports the whole run's."""
+
+    def __init__(self, data: Pairs, groups: dict[int, np.ndarray], probs: np.ndarray, targets, refs, batch_size: int):
+        self.data, self.groups, self.probs, self.targets, self.refs = data, groups, probs, targets, refs
+        self.counts, self.batch_size = sorted(groups), batch_size
+        self.drawn = {k: 0 for k in self.counts}
+
+    def __call__(self, rng, gen) -> FlowMatchingBatch:
+        k = self.counts[int(rng.choice(len(self.counts), p=self.probs))]
+        self.drawn[k] += 1
+        pick = rng.choice(len(self.groups[k]), size=self.batch_size)
+        idx = self.groups[k][pick]
+        return FlowMatchingBatch(self.targets[idx], [self.data.prompts[i] for i in idx], self.refs[k][pick],
+                                 self.data.masks[idx])
+
+    def state_dict(self) -> dict:
+        return {"drawn": {str(k): v for k, v in self.drawn.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.drawn = {k: int(state["drawn"].get(str(k), 0)) for k in self.counts}
+
+
 def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainConfig, out: Path, reports: Path,
                   checkpoints: Path, ref_count_probs: dict[int, float] | None = None,
                   grid_pool: int | None = None) -> dict:
@@ -148,15 +173,8 @@ def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainCo
     pool = len(data) if grid_pool is None else grid_pool
     grid_rows = np.random.default_rng(cfg.seed).choice(pool, size=min(cfg.grid_rows, pool), replace=False)
 
-    drawn = {k: 0 for k in counts}
     targets, refs = encode_pairs(model, data, groups)
-
-    def make_batch(rng, gen):
-        k = counts[int(rng.choice(len(counts), p=probs))]
-        drawn[k] += 1
-        pick = rng.choice(len(groups[k]), size=cfg.batch_size)
-        idx = groups[k][pick]
-        return FlowMatchingBatch(targets[idx], [data.prompts[i] for i in idx], refs[k][pick], data.masks[idx])
+    make_batch = _BatchDraw(data, groups, probs, targets, refs, cfg.batch_size)
 
     objective = FlowMatching(drop_text=cfg.drop_text, drop_refs=cfg.drop_refs, drop_both=cfg.drop_both,
                              subject_weight=cfg.subject_weight)
@@ -166,8 +184,13 @@ def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainCo
         print(f"{stage} step {step}: loss {record['loss']:.4f} lr {record['lr']:.2e} "
               f"{record['samples_per_second']:.1f} samples/s", flush=True)
 
+    # Grids are kept beside the checkpoints until the end: DVC empties the reports folder before
+    # it reruns a crashed stage, and the resumed run must still show the grids of its first part.
+    kept = checkpoints / "samples"
+    kept.mkdir(parents=True, exist_ok=True)
+
     def on_sample(m, step):
-        path = reports / "samples" / f"step-{step:07d}.png"
+        path = kept / f"step-{step:07d}.png"
         sample_grid(m, data, grid_rows, cfg, f"step {step}").save(path)
         logger.artifact(path, f"reports/{stage}/samples")
 
@@ -179,8 +202,15 @@ def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainCo
                      on_sample=on_sample).run()
     final = result.model
     if process_state().is_main_process:  # under `accelerate launch`, one process writes
+        if result.resumed_from:  # the steps logged before the crash, into this run too
+            for h in result.history:
+                if h["step"] <= result.resumed_from:
+                    logger.metrics({k: v for k, v in h.items() if k not in ("step", "local_loss")}, h["step"],
+                                   prefix="train/")
         final.save_pretrained(out)
         sample_grid(final, data, grid_rows, cfg, "final").save(reports / "samples.png")
+        for path in sorted(kept.glob("step-*.png")):
+            shutil.copy2(path, reports / "samples" / path.name)
         pd.DataFrame(result.history).to_csv(reports / "history.csv", index=False)
         shutil.rmtree(checkpoints, ignore_errors=True)  # done: a rerun must start afresh
     losses = [h["loss"] for h in result.history]
@@ -192,7 +222,7 @@ def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainCo
             "ref_counts": {str(k): len(groups[k]) for k in counts},
             "ref_counts_missing": sorted(int(k) for k in (ref_count_probs or {}) if k not in groups
                                          and ref_count_probs[k] > 0),
-            "batches_by_ref_count": {str(k): v for k, v in drawn.items()}}  # drawn by this process (after any resume)
+            "batches_by_ref_count": {str(k): v for k, v in make_batch.drawn.items()}}  # drawn by this process
 
 
 def run_fit(stage: str, params: Params, dataset_dir: Path, out: Path, reports: Path, checkpoints: Path,
@@ -215,6 +245,11 @@ def run_fit(stage: str, params: Params, dataset_dir: Path, out: Path, reports: P
     fp = fingerprint(stage, cfg.model_dump(), params.generator.model_dump(), data_digest(dataset_dir),
                      data_digest(replay) if replay is not None else None, folder_hash(init) if init else None)
     checkpoints = Path(checkpoints) / f"{stage}-{fp}"
+    if process_state().is_main_process:  # another fingerprint's checkpoints: a parameter set abandoned
+        for old in checkpoints.parent.glob(f"{stage}-" + "?" * len(fp)):
+            if old != checkpoints and old.is_dir():
+                print(f"{stage}: removing {old}, the checkpoints of an earlier configuration", flush=True)
+                shutil.rmtree(old, ignore_errors=True)
     reports.mkdir(parents=True, exist_ok=True)
     sampling = SamplingSettings(cfg.sample_steps, cfg.guidance, reference_layout)
     if not process_state().is_main_process:

@@ -12,8 +12,10 @@ A stage supplies the model, an objective (``components/objectives``) and where b
 - ``make_batch(rng, generator) -> batch``, offline data, one call per micro-step; or
 - ``collect(model, rng, generator) -> [batch, ...]``, on-policy experience gathered from the
   current weights (no gradients) whenever the last collection is used up; the trainer then makes
-  ``inner_epochs`` passes over it, ``grad_accum`` batches per optimizer step. A collector with
-  ``state_dict``/``load_state_dict`` (a reward normaliser, say) is checkpointed with the rest.
+  ``inner_epochs`` passes over it, ``grad_accum`` batches per optimizer step.
+Either one with ``state_dict``/``load_state_dict`` (a reward normaliser, batch counters) is
+checkpointed with the rest. The history of logged steps and the training time are checkpointed
+too, so a resumed run reports the whole run, not only its resumed part.
 Every term the objective returns is averaged over micro-steps and processes and logged.
 
 The structure follows improved-diffusion's ``TrainLoop``: run -> step -> forward_backward ->
@@ -64,10 +66,10 @@ class LoopConfig:
 class LoopResult:
     model: torch.nn.Module  # unwrapped; the EMA weights when EMA is on
     raw_model: torch.nn.Module  # unwrapped, the optimised weights
-    history: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # every logged step of the run, resumed or not
     step: int = 0
     resumed_from: int | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0  # training time of the whole run, before and after any resume
 
 
 class EMA:
@@ -103,19 +105,24 @@ class EMA:
 
 
 class _Progress:
-    """The step counter and the on-policy experience (batches and how many of them were used),
-    checkpointed with the rest."""
+    """What a resumed run needs besides the weights to go on, and to report the whole run: the
+    step, the on-policy experience (batches and how many were used), the logged history and the
+    training seconds spent before the checkpoint. Checkpointed with the rest."""
 
     def __init__(self):
         self.step = 0
         self.experience: list[Batch] = []
         self.used = 0
+        self.history: list[dict] = []
+        self.seconds = 0.0
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "experience": self.experience, "used": self.used}
+        return {"step": self.step, "experience": self.experience, "used": self.used, "history": self.history,
+                "seconds": self.seconds}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.experience, self.used = int(state["step"]), state["experience"], int(state["used"])
+        self.history, self.seconds = list(state.get("history", [])), float(state.get("seconds", 0.0))
 
 
 def schedule(cfg: LoopConfig) -> Callable[[int], float]:
@@ -192,11 +199,16 @@ class Trainer:
         self.module, self.opt = acc.prepare(TrainModule(model, objective), opt)
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay else None
         self.progress = _Progress()
-        stateful = getattr(collect, "state_dict", None) and getattr(collect, "load_state_dict", None)
+        source = make_batch or collect
+        stateful = getattr(source, "state_dict", None) and getattr(source, "load_state_dict", None)
         acc.register_for_checkpointing(self.sched, self.progress, *([self.ema] if self.ema else []),
-                                       *([collect] if stateful else []))
-        self.history: list[dict] = []
-        self._window = (time.perf_counter(), 0)
+                                       *([source] if stateful else []))
+        self._window = self._clock = (time.perf_counter(), 0)
+
+    @property
+    def history(self) -> list[dict]:
+        """Every logged step of the run so far (restored with a checkpoint)."""
+        return self.progress.history
 
     @property
     def model(self) -> torch.nn.Module:
@@ -211,8 +223,7 @@ class Trainer:
         if resume and (ckpt := latest_checkpoint(self.out_dir)) is not None:
             self.acc.load_state(str(ckpt))
             resumed_from = self.progress.step
-        t0 = time.perf_counter()
-        self._window = (time.perf_counter(), 0)
+        self._window = self._clock = (time.perf_counter(), self.progress.seconds)
         self.module.train()
         while self.progress.step < self.cfg.steps:
             self.step()
@@ -220,7 +231,7 @@ class Trainer:
         self.acc.wait_for_everyone()
         raw = self.model.eval()
         return LoopResult(self.ema.shadow if self.ema else raw, raw, self.history, self.progress.step,
-                          resumed_from, time.perf_counter() - t0)
+                          resumed_from, self.progress.seconds)
 
     def step(self) -> None:
         """One optimizer step: ``grad_accum`` micro-steps, the update, then log / checkpoint / sample."""
@@ -307,6 +318,8 @@ class Trainer:
         """Save the whole training state as ``step-NNNNNNN`` (written aside, renamed when whole)
         and prune all but the newest ``keep_checkpoints``."""
         acc, folder = self.acc, self.out_dir / CHECKPOINTS
+        started, before = self._clock
+        self.progress.seconds = before + time.perf_counter() - started
         target = folder / f"step-{self.progress.step:07d}"
         tmp = target.with_name(target.name + ".tmp")
         if acc.is_main_process:
