@@ -141,7 +141,7 @@ def pipeline(project: str = ".", stages: list[str] | None = None, force: bool = 
         raise ValueError(f"unknown stage(s) {unknown}; dvc.yaml has {[s.name for s in order]}")
     selected = [s for s in order if not stages or s.name in stages]
     flow_run = runtime.flow_run.get_id()
-    tags = {**tracking.git_tags(root), "prefect.flow_run_id": str(flow_run or ""), "kind": "pipeline"}
+    tags = {**tracking.run_tags(root), "prefect.flow_run_id": str(flow_run or ""), "kind": "pipeline"}
     results: list[dict] = []
     t0 = time.perf_counter()
     with mlflow.start_run(run_name=f"pipeline-{runtime.flow_run.name or 'local'}", tags=tags) as parent:

@@ -297,6 +297,7 @@ def test_bad_data_stops_the_pipeline_with_a_report(project):
     failed = mlflow.search_runs(search_all_experiments=True, output_format="list",
                                 filter_string="tags.`stage.state` = 'failed'")
     assert [r.info.run_name for r in failed] == ["validate"]  # retries are on, but not for bad data
+    assert failed[0].info.status == "FAILED"  # the run's status says so too, not only its tag
     parents = mlflow.search_runs(search_all_experiments=True, output_format="list",
                                  filter_string="tags.`flow.state` = 'failed'")
     assert len(parents) == 1 and parents[0].info.status == "FAILED"

@@ -93,7 +93,7 @@ def cmd_benchmark(args) -> int:
     reports = root / "reports" / "benchmark" / args.generator
     tracking.setup(root, params)
     tags = {"kind": "benchmark", "generator": args.generator, "judge_set": params.evaluate.judge_set,
-            **tracking.git_tags(root)}
+            **tracking.run_tags(root)}
     with mlflow.start_run(run_name=f"benchmark-{args.generator}", tags=tags) as run:
         mlflow.log_params(tracking.flatten({"evaluate": params.evaluate.model_dump()}))
         metrics = benchmark(params, root / "data" / "bench", root / "models" / "judges", reports, [args.generator],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import time
 import warnings
@@ -36,17 +37,65 @@ def tracking_uri(root: Path, params: Params) -> str:
 
 
 def setup(root: Path, params: Params) -> str:
-    """Point MLflow at the configured store and experiment; returns the experiment id."""
+    """Point MLflow at the configured store and experiment; returns the experiment id. Runs of
+    the experiment a killed process left RUNNING are marked failed (``fail_abandoned_runs``)."""
     mlflow.set_tracking_uri(tracking_uri(root, params))
     name = params.pipeline.experiment
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         mlflow.set_experiment(name)
+        for run_id in fail_abandoned_runs(exp.experiment_id):
+            print(f"MLflow run {run_id} was left running by a process that is gone: marked failed", flush=True)
         return exp.experiment_id
     location = params.pipeline.artifact_location or (root.resolve() / "mlartifacts").as_uri()
     exp_id = mlflow.create_experiment(name, artifact_location=location)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+OWNER_HOST, OWNER_PID, OWNER_STARTED = "subjectflow.host", "subjectflow.pid", "subjectflow.pid_started"
+ABANDONED_TAG = "subjectflow.abandoned"
+
+
+def owner_tags() -> dict[str, str]:
+    """Which process holds a run open: host, pid and the process's start time (a reused pid has
+    another), so a later run can tell a run whose process died from one still being written."""
+    import psutil
+
+    return {OWNER_HOST: socket.gethostname(), OWNER_PID: str(os.getpid()),
+            OWNER_STARTED: repr(psutil.Process().create_time())}
+
+
+def _owner_alive(tags: dict) -> bool:
+    import psutil
+
+    try:
+        return repr(psutil.Process(int(tags[OWNER_PID])).create_time()) == tags.get(OWNER_STARTED)
+    except (psutil.NoSuchProcess, ValueError, KeyError):
+        return False
+
+
+def fail_abandoned_runs(experiment_id: str) -> list[str]:
+    """Mark FAILED the runs of this machine still RUNNING whose process is gone (killed -9, the
+    machine rebooted): MLflow would show them running for ever. Runs of other hosts, runs without
+    owner tags and runs whose process is alive are left alone. Returns the ids marked."""
+    host = socket.gethostname().replace("'", "")
+    runs = mlflow.search_runs(experiment_ids=[experiment_id], output_format="list",
+                              filter_string=f"attributes.status = 'RUNNING' and tags.`{OWNER_HOST}` = '{host}'")
+    client, marked = mlflow.MlflowClient(), []
+    for run in runs:
+        if _owner_alive(run.data.tags):
+            continue
+        client.set_tag(run.info.run_id, ABANDONED_TAG, f"process {run.data.tags.get(OWNER_PID)} ended without "
+                                                       "closing this run; marked failed by a later run")
+        client.set_terminated(run.info.run_id, status="FAILED")
+        marked.append(run.info.run_id)
+    return marked
+
+
+def run_tags(root: Path) -> dict[str, str]:
+    """The tags every run this tool opens carries: the code's commit and the owning process."""
+    return {**git_tags(root), **owner_tags()}
 
 
 def git_tags(root: Path) -> dict[str, str]:
@@ -116,7 +165,7 @@ def open_stage_run(parent_run_id: str, name: str) -> str:
     starts, so that a training stage can log its step metrics into it (``StepLogger``)."""
     parent = mlflow.get_run(parent_run_id)
     run = mlflow.MlflowClient().create_run(parent.info.experiment_id, run_name=name,
-                                           tags={"mlflow.parentRunId": parent_run_id, "stage": name})
+                                           tags={"mlflow.parentRunId": parent_run_id, "stage": name, **owner_tags()})
     return run.info.run_id
 
 
@@ -176,7 +225,9 @@ def log_stage(root: Path, params: Params, info: StageInfo, parent_run_id: str, s
             for rel in reports:
                 mlflow.log_artifacts(str(root / rel), artifact_path=rel)
         _log_datasets(root, info)
-        return run.info.run_id
+    if state == "failed":  # the block ended without an exception: MLflow would call it finished
+        mlflow.MlflowClient().set_terminated(run.info.run_id, status="FAILED")
+    return run.info.run_id
 
 
 def run_url(run) -> str:
