@@ -66,30 +66,37 @@ def test_pretrain_writes_a_generator_history_and_grids(trained, monkeypatch):
     assert logged == {f"reports/pretrain/samples/{s}" for s in samples}
 
 
-def test_a_crashed_pretrain_resumes_from_its_checkpoint(trained, monkeypatch, tmp_path):
-    """The stage dies after its step-3 checkpoint; run again (as DVC would), it resumes there and
-    ends with the weights of an uninterrupted run."""
+@pytest.mark.parametrize("hook, step, resumed_from", [("on_log", 4, 3), ("on_sample", 3, 0)],
+                         ids=["after-checkpoint", "while-sampling"])
+def test_a_crashed_pretrain_resumes_from_its_checkpoint(trained, monkeypatch, tmp_path, hook, step, resumed_from):
+    """The stage dies after its step-3 checkpoint, or while drawing the step-3 grid (before that
+    checkpoint); run again (as DVC would), it resumes from the last checkpoint and ends with the
+    weights and the reports (history, every grid) of an uninterrupted run."""
     root, data = trained
     import components.training.fit as fit
 
     real = fit.Trainer
 
-    class CrashAfterCheckpoint(real):
+    class Crash(real):
         def __init__(self, *args, **kwargs):
-            def on_log(step, record):
-                if step == 4:
-                    raise KeyboardInterrupt("killed")
-            super().__init__(*args, **{**kwargs, "on_log": on_log})
+            wrapped = kwargs[hook]
 
-    monkeypatch.setattr(fit, "Trainer", CrashAfterCheckpoint)
+            def crash(*args):
+                if (args[1] if hook == "on_sample" else args[0]) == step:  # on_sample(model, step), on_log(step, ..)
+                    raise KeyboardInterrupt("killed")
+                wrapped(*args)
+            super().__init__(*args, **{**kwargs, hook: crash})
+
+    monkeypatch.setattr(fit, "Trainer", Crash)
     with pytest.raises(KeyboardInterrupt):
         _pretrain(root, data, monkeypatch)
-    assert [p.name for p in (root / ".checkpoints").glob("pretrain-*/checkpoints/*")] == ["step-0000003"]
+    assert [p.name for p in (root / ".checkpoints").glob("pretrain-*/checkpoints/*")] == \
+        ([f"step-{resumed_from:07d}"] if resumed_from else [])
     monkeypatch.setattr(fit, "Trainer", real)
     shutil.rmtree(root / "reports" / "pretrain")  # as DVC does before it reruns a stage
     assert _pretrain(root, data, monkeypatch) == 0
     m = json.loads((root / "metrics" / "pretrain.json").read_text())
-    assert m["resumed_from_step"] == 3
+    assert m["resumed_from_step"] == resumed_from
     resumed = SubjectGenerator.from_pretrained(root / "models" / "pretrain").state_dict()
     reports = _whole_run_reports(root)
     # An uninterrupted run of the same params and data.

@@ -247,11 +247,13 @@ class Trainer:
         self._window = (self._window[0], self._window[1] + cfg.batch_size * cfg.grad_accum * self.acc.num_processes)
         if done % cfg.log_every == 0 or done == cfg.steps:
             self.log(done, terms)
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            self.checkpoint()
+        # Samples before the checkpoint: a run killed between the two resumes from the previous
+        # checkpoint and draws this step's samples again, instead of never drawing them.
         if self.on_sample and cfg.sample_every and done % cfg.sample_every == 0 and self.acc.is_main_process:
             self.on_sample(self.ema.shadow if self.ema else self.model, done)
             self.module.train()
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            self.checkpoint()
 
     def next_batch(self, rng: np.random.Generator, gen: torch.Generator) -> Batch:
         """The micro-step's batch: drawn offline, or the next of the current collection (collected
