@@ -108,7 +108,7 @@ def run(params: Params, paths: RegisterPaths) -> dict:
     client.set_registered_model_alias(cfg.model_name, cfg.alias, version)
     record = {"model_name": cfg.model_name, "version": int(version), "alias": cfg.alias, "reused": existing is not None,
               "uri": f"models:/{cfg.model_name}@{cfg.alias}", "model_uri": model_uri, "run_id": run.info.run_id,
-              "tracking_uri": mlflow.get_tracking_uri(), "scores": scores, "lineage": tags}
+              "tracking_uri": tracking.redact_uri(mlflow.get_tracking_uri()), "scores": scores, "lineage": tags}
     write_json_atomic(paths.reports / "registered.json", record)
     if existing is None:
         print(f"registered {cfg.model_name} version {version} as @{cfg.alias} ({model_uri})", flush=True)

@@ -108,7 +108,7 @@ def run_stage(project: str, name: str, parent_run_id: str, force: bool = False) 
             create_markdown_artifact(f"# {name}: data rejected\n\n{report}", key=f"{name}-gate-failure",
                                      description=f"why {name} stopped the pipeline")
             raise DataGateFailed(f"{name} rejected the data; report in {root / info.outs[0]}\n{report}") from error
-        raise StageFailed(f"stage {name} failed: {error}") from error
+        raise StageFailed(f"stage {name} failed: {tracking.redact_uri(str(error))}") from error
     _publish_tables(root, info)
     log.info("stage %s %s in %.1fs", name, state, seconds)
     return {"stage": name, "state": state, "seconds": seconds, "reasons": reasons, "run_id": run_id,
@@ -153,7 +153,8 @@ def pipeline(project: str = ".", stages: list[str] | None = None, force: bool = 
                 try:
                     results.append(stage_task(str(root), info.name, parent.info.run_id, force))
                 except Exception as e:
-                    results.append({"stage": info.name, "state": "failed", "seconds": 0.0, "reasons": [str(e)[:200]]})
+                    results.append({"stage": info.name, "state": "failed", "seconds": 0.0,
+                                    "reasons": [tracking.redact_uri(str(e))[:200]]})
                     raise
             changed = any(r["state"] in ("ran", "restored") for r in results)
             if changed and (push if push is not None else params.pipeline.push):

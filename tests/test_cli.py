@@ -34,9 +34,9 @@ def test_a_params_typo_fails_with_the_key_named(fresh, capsys):
     assert "validate.report_row: unknown key" in capsys.readouterr().err
 
 
-def test_not_a_project_folder(tmp_path):
-    with pytest.raises(SystemExit, match="no dvc.yaml"):
-        main(["status", "--project", str(tmp_path)])
+def test_not_a_project_folder(tmp_path, capsys):
+    assert main(["status", "--project", str(tmp_path)]) == 2
+    assert "no dvc.yaml here" in capsys.readouterr().err
 
 
 @pytest.mark.integration
@@ -126,3 +126,145 @@ def test_ui_serves_mlflow_and_prefect_on_localhost(fresh, tmp_path):
     assert proc.returncode == 0
     for name in ("mlflow", "prefect"):  # the servers talk to their logs, not to our pipe
         assert (fresh / ".ui-logs" / f"{name}.log").stat().st_size > 0
+
+
+# Inputs checked at the door: a user's mistake gets one line on stderr and exit code 2, before
+# any model loads or any server starts.
+
+GOOD_PROMPT = "the cat from image 1 left of the moon from image 2, in a forest"
+# case: (what differs from a good call, what the line says)
+GENERATE_MISTAKES = {
+    "zero steps": ({"extra": ["--steps", "0"]}, "steps must be at least 1, got 0"),
+    "guidance below 1": ({"extra": ["--guidance", "-5"]}, "guidance must be a number >= 1"),
+    "more references than the generator takes": (
+        {"refs": 5, "prompt": "image 1, image 2, image 3, image 4 and image 5"},
+        "5 reference images, but this generator takes at most 4"),
+    "an image the references lack": ({"prompt": "the cat from image 1 left of the moon from image 3"},
+                                     'names "image 3" but there are 2 reference images'),
+    "a reference the prompt never names": ({"prompt": "the cat from image 1 in a forest"},
+                                           'reference 2 is never named in the prompt: say "image 2"'),
+    "a reference file that does not exist": ({"ref": "missing.png"}, "missing.png: no such file"),
+    "a reference file that does not decode": ({"ref": "broken.png"}, "broken.png: not an image Pillow can decode"),
+    "an output folder that cannot be made": ({"out": "a-file/out.png"}, "is a file, so no folder can be made in it"),
+    "a model folder that does not exist": ({"model": "no-such-folder"}, "no-such-folder: no such generator folder"),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(tmp_path_factory):
+    from components.models.generator import SubjectGenerator
+
+    folder = tmp_path_factory.mktemp("generator") / "tiny"
+    SubjectGenerator.tiny(width=32, heads=2, double_blocks=1, single_blocks=1, text_hidden=16, text_layers=1,
+                          seed=0).save_pretrained(folder)
+    return folder
+
+
+def _one_line(err: str) -> str:
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("case", GENERATE_MISTAKES)
+def test_generate_answers_a_mistake_with_one_line(case, tiny_generator, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    change, says = GENERATE_MISTAKES[case]
+    good_ref = tmp_path / "ref.png"
+    Image.fromarray(np.full((48, 48, 3), 120, np.uint8)).save(good_ref)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 30)  # a PNG signature, then nothing
+    (tmp_path / "a-file").write_text("")
+    refs = [good_ref] * change.get("refs", 2)
+    if "ref" in change:
+        refs[-1] = tmp_path / change["ref"]
+    out = tmp_path / change.get("out", "out.png")
+    model = tmp_path / change["model"] if "model" in change else tiny_generator
+    argv = ["generate", "--project", str(tmp_path), "--model", str(model), change.get("prompt", GOOD_PROMPT),
+            "--out", str(out), *change.get("extra", [])]
+    for ref in refs:
+        argv += ["--ref", str(ref)]
+    assert main(argv) == 2
+    assert says in _one_line(capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_generate_names_a_model_uri_that_does_not_resolve(tmp_path, capsys, monkeypatch):
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    from components.pipeline.project import default_params
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # mlflow.set_tracking_uri sets it: undone after the test
+    params = default_params()
+    params["pipeline"]["tracking_uri"] = f"sqlite:///{tmp_path}/mlflow.db"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "ref.png")
+    try:
+        assert main(["generate", "--project", str(tmp_path), "--model", "models:/no-such-model@candidate", "--ref",
+                     str(tmp_path / "ref.png"), "the cat from image 1", "--out", str(tmp_path / "out.png")]) == 2
+    finally:
+        mlflow.set_tracking_uri(None)
+    err = capsys.readouterr().err.splitlines()[-1]  # MLflow logs its new database's creation first
+    assert err == "subjectflow generate: --model models:/no-such-model@candidate: " \
+                  "Registered Model with name=no-such-model not found"
+
+
+def test_stage_refuses_an_unknown_name_before_prefect_starts(fresh, capsys, monkeypatch):
+    import flows.pipeline
+
+    def no_flow(**kw):
+        raise AssertionError("the flow started")
+    monkeypatch.setattr(flows.pipeline, "pipeline", no_flow)
+    assert main(["stage", "synthesise", "--project", str(fresh)]) == 2
+    err = _one_line(capsys.readouterr().err)
+    assert "unknown stage 'synthesise'; dvc.yaml has synthesize, validate" in err
+
+
+def _no_servers(monkeypatch):
+    from components.pipeline import cli
+
+    def popen(*a, **kw):
+        raise AssertionError("a server started")
+    monkeypatch.setattr(cli.subprocess, "Popen", popen)
+
+
+@pytest.mark.parametrize("argv", [["status"], ["run"], ["stage", "synthesize"], ["benchmark", "--generator", "oracle"],
+                                  ["ui"]], ids=lambda a: a[0])
+def test_a_project_without_params_yaml_is_refused(argv, tmp_path, capsys, monkeypatch):
+    from tests.conftest import REPO
+
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    _no_servers(monkeypatch)
+    assert main([*argv, "--project", str(tmp_path)]) == 2
+    assert f"{tmp_path}: no params.yaml here" in _one_line(capsys.readouterr().err)
+
+
+def test_benchmark_rows_per_subset_must_be_positive(fresh, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["benchmark", "--generator", "oracle", "--per-subset", "0", "--project", str(fresh)])
+    assert exit_.value.code == 2
+    assert "argument --per-subset: must be a whole number >= 1, got '0'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("port", ["0", "70000", "http"])
+def test_ui_refuses_a_port_out_of_range(port, fresh, capsys, monkeypatch):
+    _no_servers(monkeypatch)
+    with pytest.raises(SystemExit) as exit_:
+        main(["ui", "--project", str(fresh), "--prefect-port", port])
+    assert exit_.value.code == 2
+    assert f"argument --prefect-port: a port is a whole number from 1 to 65535, got '{port}'" in capsys.readouterr().err
+
+
+def test_ui_refuses_a_port_in_use_or_given_twice(fresh, capsys, monkeypatch):
+    _no_servers(monkeypatch)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["ui", "--project", str(fresh), "--mlflow-port", str(port),
+                     "--prefect-port", str(_free_port())]) == 2
+        assert f"--mlflow-port {port}: cannot listen on 127.0.0.1:{port}" in _one_line(capsys.readouterr().err)
+    assert main(["ui", "--project", str(fresh), "--mlflow-port", "5123", "--prefect-port", "5123"]) == 2
+    assert "--mlflow-port and --prefect-port are both 5123" in _one_line(capsys.readouterr().err)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import mlflow
 from mlflow.models import set_model
 
-from components.models.pyfunc import ARTIFACT, GenerationRequest, from_png_b64, generate_images, png_b64
+from components.models.pyfunc import ARTIFACT, GenerationRequest, decode_refs, generate_images, png_b64
 
 
 class GeneratorModel(mlflow.pyfunc.PythonModel):
-    """A SubjectGenerator folder: a list of GenerationRequest in, one base64 PNG per request out."""
+    """A SubjectGenerator folder: a list of GenerationRequest in, one base64 PNG per request out. A
+    request it cannot draw (see ``pyfunc.check_request``) raises ``pyfunc.RequestError``: a served
+    model answers it with 400 and the message."""
 
     def load_context(self, context):
         from components.models.generator import SubjectGenerator
@@ -25,8 +27,8 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         self.sampling = SamplingSettings.load(folder)  # what the generator was benchmarked with
 
     def predict(self, model_input: list[GenerationRequest], params=None) -> list[str]:
-        return [png_b64(generate_images(self.generator, self.sampling, r.prompt, [from_png_b64(x) for x in r.refs],
-                                        r.seed, r.steps, r.guidance)) for r in model_input]
+        return [png_b64(generate_images(self.generator, self.sampling, r.prompt, decode_refs(r.refs), r.seed, r.steps,
+                                        r.guidance)) for r in model_input]
 
 
 set_model(GeneratorModel())

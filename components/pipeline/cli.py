@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,11 +27,37 @@ for _k, _v in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("MLFLOW_DISABLE_T
     os.environ.setdefault(_k, _v)
 
 
+class UsageError(Exception):
+    """A command's input is wrong (an argument, the project folder, a file named): ``main`` prints
+    the message, one line saying what to fix, and exits 2."""
+
+
 def _project(args) -> Path:
     root = Path(args.project).resolve()
-    if not (root / "dvc.yaml").exists():
-        sys.exit(f"{root}: no dvc.yaml here; run from the project folder or pass --project")
+    for name in ("dvc.yaml", "params.yaml"):
+        if not (root / name).is_file():
+            raise UsageError(f"{root}: no {name} here; run from the project folder or pass --project")
     return root
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a whole number from 1 to 65535, got {text!r}")
+    return value
 
 
 def _print_summary(summary: dict) -> None:
@@ -55,6 +82,11 @@ def cmd_run(args, stages=None) -> int:
 
 
 def cmd_stage(args) -> int:
+    from components.pipeline import lineage
+
+    names = [s.name for s in lineage.stages(_project(args))]
+    if args.name not in names:  # checked here: the flow would say so only once Prefect is up
+        raise UsageError(f"unknown stage {args.name!r}; dvc.yaml has {', '.join(names)}")
     return cmd_run(args, stages=[args.name])
 
 
@@ -83,13 +115,13 @@ def cmd_benchmark(args) -> int:
     root = _project(args)
     params = load_params(root / "params.yaml")
     if args.generator not in available() and not (root / "models" / args.generator / "generator_config.json").is_file():
-        sys.exit(f"unknown generator {args.generator!r}; known: {', '.join(available())}, or a trained "
-                 f"generator under {root / 'models'}")
-    if args.per_subset:
+        raise UsageError(f"unknown generator {args.generator!r}; known: {', '.join(available())}, or a trained "
+                         f"generator under {root / 'models'}")
+    if args.per_subset is not None:
         params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"per_subset": args.per_subset})})
     judges = root / "models" / "judges" / params.evaluate.judge_set
     if not judges.exists():
-        sys.exit(f"{judges}: no judges yet; run `subjectflow stage judges` (after synthesize) first")
+        raise UsageError(f"{judges}: no judges yet; run `subjectflow stage judges` (after synthesize) first")
     reports = root / "reports" / "benchmark" / args.generator
     tracking.setup(root, params)
     tags = {"kind": "benchmark", "generator": args.generator, "judge_set": params.evaluate.judge_set,
@@ -106,28 +138,63 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def _image_out(path: str) -> Path:
+    """``--out``, checked before any work: an image type Pillow writes, in a folder that exists
+    or can be made, and can be written."""
+    from PIL import Image
+
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a folder; give a file name ending in .png")
+    Image.init()
+    if Image.registered_extensions().get(out.suffix.lower()) not in Image.SAVE:
+        raise UsageError(f"--out {out}: {out.suffix or 'no extension'} is not an image type; end the name in .png")
+    folder = out.parent
+    while not folder.exists():  # the nearest existing folder is where the missing ones get made
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"--out {out}: {folder} is a file, so no folder can be made in it")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: {folder} is not writable")
+    return out
+
+
 def cmd_generate(args) -> int:
     """An image from a registered generator (models:/subjectflow-generator@candidate, any
     MLflow model URI) or a local generator folder (models/sft)."""
-    import mlflow
-    import numpy as np
-    from PIL import Image
-
     from components.models import pyfunc
 
+    try:
+        return _generate(args, pyfunc)
+    except pyfunc.RequestError as e:  # the prompt, references, steps, guidance or model path
+        raise UsageError(str(e)) from None
+
+
+def _generate(args, pyfunc) -> int:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from PIL import Image
+
+    from components.pipeline import tracking
+
+    # Everything that can be checked before a model loads (minutes, for a real one).
+    pyfunc.check_request(args.prompt, len(args.ref), args.steps, args.guidance, pyfunc.max_refs(args.model),
+                         args.seed)
+    out = _image_out(args.out)
+    refs = [pyfunc.read_image(path, f"--ref {path}") for path in args.ref]
     if not pyfunc.is_local_generator(args.model):
         root = Path(args.project).resolve()
         if (root / "params.yaml").exists():
             from components.config import load_params
-            from components.pipeline import tracking
 
             mlflow.set_tracking_uri(tracking.tracking_uri(root, load_params(root / "params.yaml")))
-    refs = []
-    for path in args.ref:
-        with Image.open(path) as im:
-            refs.append(np.asarray(im.convert("RGB")))
-    image = pyfunc.generate(args.model, args.prompt, refs, seed=args.seed, steps=args.steps, guidance=args.guidance)
-    out = Path(args.out)
+    try:
+        sample = pyfunc.load(args.model)
+    except pyfunc.RequestError as e:  # a local path holding no generator (the message names it)
+        raise UsageError(f"--model {e}") from None
+    except MlflowException as e:  # a URI that does not resolve: no such model, alias, version or run
+        raise UsageError(f"--model {args.model}: {tracking.redact_uri(e.message.strip().splitlines()[0])}") from None
+    image = sample(args.prompt, refs, seed=args.seed, steps=args.steps, guidance=args.guidance)
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(out)
     print(f"{out} ({image.shape[1]}x{image.shape[0]}) from {args.model}")
@@ -169,17 +236,33 @@ def _stop_groups(procs: list[subprocess.Popen], grace: float = 15.0) -> None:
         p.wait()
 
 
+def _check_ports(ports: dict[str, int]) -> None:
+    """Each server's port is its own and free on 127.0.0.1: a server that cannot bind would only
+    say so in its log."""
+    if len(set(ports.values())) < len(ports):
+        raise UsageError(f"{' and '.join(ports)} are both {next(iter(ports.values()))}; give each server its own port")
+    for flag, port in ports.items():
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is no conflict
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError as e:
+                raise UsageError(f"{flag} {port}: cannot listen on 127.0.0.1:{port} ({e.strerror}); "
+                                 f"pass another {flag}") from None
+
+
 def cmd_ui(args) -> int:
     from components.config import load_params
     from components.pipeline import tracking
 
+    root = _project(args)
+    params = load_params(root / "params.yaml")
+    store = tracking.tracking_uri(root, params)
+    _check_ports({"--mlflow-port": args.mlflow_port, "--prefect-port": args.prefect_port})
     # Ctrl-C (SIGINT) and SIGTERM both stop the servers, even when SIGINT came in ignored (a
     # shell starts background jobs that way, and Python then never raises KeyboardInterrupt).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    root = _project(args)
-    params = load_params(root / "params.yaml")
-    store = tracking.tracking_uri(root, params)
     # The servers write to log files, not to our stdout: a worker a server leaves behind (MLflow
     # 3 starts some in a session of their own) would otherwise hold our caller's pipe open.
     logs = root / ".ui-logs"
@@ -197,7 +280,7 @@ def cmd_ui(args) -> int:
         with open(logs / f"{name}.log", "ab") as log:
             procs.append(subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                           start_new_session=True))
-    print(f"MLflow UI:      http://127.0.0.1:{args.mlflow_port}  (store {store})")
+    print(f"MLflow UI:      http://127.0.0.1:{args.mlflow_port}  (store {tracking.redact_uri(store)})")
     print(f"Prefect server: http://127.0.0.1:{args.prefect_port}")
     print(f"Server logs:    {logs}/mlflow.log, {logs}/prefect.log")
     print("Ctrl-C stops both.", flush=True)
@@ -207,7 +290,11 @@ def cmd_ui(args) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        died = [name for name, p in zip(commands, procs) if p.poll() is not None]
         _stop_groups(procs)
+    if died:
+        print(f"subjectflow ui: the {died[0]} server stopped by itself; see {logs / died[0]}.log", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -232,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("benchmark", cmd_benchmark, "score one generator on the benchmark (PSRBench-style)")
     p.add_argument("--generator", required=True,
                    help="oracle, copy_paste, background_only, noise, or a trained generator under models/ (pretrain)")
-    p.add_argument("--per-subset", type=int, default=None, help="rows per subset (default: params.evaluate.per_subset)")
+    p.add_argument("--per-subset", type=_positive_int, default=None,
+                   help="rows per subset (default: params.evaluate.per_subset)")
     p = add("generate", cmd_generate, "generate an image from a registered or local generator")
     p.add_argument("--model", required=True,
                    help="models:/subjectflow-generator@candidate (any MLflow model URI) or a generator folder")
@@ -245,8 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale, 1 = off (default: what the generator records)")
     p = add("ui", cmd_ui, "start the MLflow UI and a Prefect server on 127.0.0.1")
-    p.add_argument("--mlflow-port", type=int, default=5000)
-    p.add_argument("--prefect-port", type=int, default=4200)
+    p.add_argument("--mlflow-port", type=_port, default=5000)
+    p.add_argument("--prefect-port", type=_port, default=4200)
     return parser
 
 
@@ -256,8 +344,8 @@ def main(argv=None) -> int:
 
     try:
         return args.fn(args)
-    except ParamsError as e:
-        print(e, file=sys.stderr)
+    except (ParamsError, UsageError) as e:
+        print(f"subjectflow {args.command}: {e}", file=sys.stderr)
         return 2
 
 

@@ -19,6 +19,8 @@ import warnings
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# MLflow prints every run's URL built from the tracking URI, credentials included: run_url prints it redacted.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 import mlflow  # noqa: E402
 
@@ -230,9 +232,26 @@ def log_stage(root: Path, params: Params, info: StageInfo, parent_run_id: str, s
     return run.info.run_id
 
 
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)[^/?#\s]*@")
+_SECRET_PARAM = re.compile(r"([?&;])([^=&;#]*(?:token|secret|passw|pwd|key|sig|credential|auth)[^=&;#]*)=[^&;#]*",
+                           re.IGNORECASE)
+
+
+def redact_uri(text: str) -> str:
+    """``text`` (a URI, or a message holding URIs) with every URI's credentials replaced by
+    ``***``: the user:password or token before the host (``http://***@host``) and the values of
+    query parameters named like a secret (``?token=***``, ``X-Amz-Signature=***``). Whatever this
+    tool prints, logs or records passes a URI through here; the client that connects keeps it whole."""
+    def one(m: re.Match) -> str:
+        return _SECRET_PARAM.sub(r"\1\2=***", _USERINFO.sub(r"\1***@", m.group(0)))
+    return _URI.sub(one, text)
+
+
 def run_url(run) -> str:
-    """Where a person can look at a run: the server's page, or how to open the local store."""
-    uri = mlflow.get_tracking_uri()
+    """Where a person can look at a run: the server's page, or how to open the local store
+    (credentials in the tracking URI redacted)."""
+    uri = redact_uri(mlflow.get_tracking_uri())
     path = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
     if uri.startswith("http"):
         return f"{uri.rstrip('/')}/{path}"
