@@ -80,3 +80,29 @@ def test_params_select_the_real_profile(flux_dir):
     assert g.config.base == str(flux_dir) and g.config.lora_rank == 2 and 0 < trainable_parameters(g)
     tiny = build_generator(GeneratorParams(), resolution=32, seed=0)
     assert tiny.config.base is None and tiny.vae is None and tiny.config.channels == 48
+
+
+def test_params_naming_a_flux_folder_resolve_at_load(flux_dir, tmp_path):
+    """generator.pretrained is checked against the layout from_flux reads, and the resolution
+    against the model's packing (VAE x8, 2x2 latents per token: multiples of 16)."""
+    import shutil
+
+    import yaml
+
+    from components.config import ParamsError, load_params
+    from components.pipeline.project import default_params
+
+    params = default_params()
+    params["generator"]["pretrained"] = str(flux_dir)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert load_params(tmp_path / "params.yaml").generator.pretrained == str(flux_dir)
+    params["synthesize"]["resolution"] = 40  # fine for the tiny profile's patch 4, not for FLUX's 16
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError, match=r"synthesize\.resolution 40 is not divisible by 16: .* x8 .* 2x2 latents"):
+        load_params(tmp_path / "params.yaml")
+    broken = tmp_path / "flux-without-t5"
+    shutil.copytree(flux_dir, broken, ignore=shutil.ignore_patterns("text_encoder_2"))
+    params["generator"]["pretrained"], params["synthesize"]["resolution"] = "flux-without-t5", 32  # relative
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError, match=r"generator\.pretrained: 'flux-without-t5': .* no text_encoder_2/config\.json"):
+        load_params(tmp_path / "params.yaml")

@@ -83,6 +83,20 @@ def test_an_unchanged_model_is_registered_once(project, capsys):
     assert str(client.get_model_version_by_alias(NAME, "candidate").version) == "1"
 
 
+@pytest.mark.parametrize("alias", ["latest", "v3", "release candidate"])
+def test_an_alias_mlflow_refuses_fails_before_anything_is_registered(project, capsys, alias):
+    """Found at the end, after the version was created, it left a version without an alias on
+    every attempt; now params.yaml is refused when the stage starts."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["register"]["alias"] = alias
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (project / "metrics" / "evaluate.json").write_text(json.dumps(_scores(0.75)))
+    assert register.main(["--params", "params.yaml", "--model", "models/sft", "--scores", "metrics/evaluate.json",
+                          "--reports", "reports/register", "--project", ".", "--metrics", "metrics/register.json"]) == 2
+    assert "register.alias" in capsys.readouterr().err
+    assert not (project / "mlflow.db").exists() and not (project / "reports" / "register").exists()
+
+
 def test_folder_hash_follows_names_and_contents(tmp_path):
     a = tmp_path / "a"
     (a / "sub").mkdir(parents=True)

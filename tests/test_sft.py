@@ -63,12 +63,28 @@ def test_sft_draws_reference_counts_with_the_configured_probabilities(setup, mon
     assert out.shape == (1, 32, 32, 3)
 
 
-def test_sft_says_when_the_data_lacks_a_reference_count(setup, monkeypatch):
+def test_sft_says_when_the_data_lacks_a_reference_count(setup, monkeypatch, tmp_path):
+    """A count no data can hold is refused with params.yaml; one the data happens to lack (the
+    filter kept no such pair) is said, and its probability goes to the others."""
+    from components.config import ParamsError, load_params
+    from components.sft import SftPaths, run
+
     root, data, _ = setup
-    m, _ = _sft(root, data, monkeypatch, steps=4, ref_count_probs={2: 0.5, 5: 0.5})
+    _sft(root, data, monkeypatch, steps=4, ref_count_probs={2: 0.5, 4: 0.5})  # leaves a valid params.yaml
+    params = load_params(root / "params.yaml")
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["sft"]["ref_count_probs"] = {2: 0.5, 5: 0.5}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match=r"sft\.ref_count_probs: .*no data holds pairs with \[5\] references"):
+        load_params(tmp_path / "params.yaml")
+    lacking = params.model_copy(update={"sft": params.sft.model_copy(update={"ref_count_probs": {2: 0.5, 5: 0.5}})})
+    paths = SftPaths(data=data / "multi", single=data / "single", init=root / "models" / "pretrain",
+                     out=tmp_path / "sft", reports=tmp_path / "reports", checkpoints=tmp_path / "ckpt")
+    m = run(lacking, paths)
     assert m["ref_counts_missing"] == [5] and m["batches_by_ref_count"]["2"] == 4
+    only = params.model_copy(update={"sft": params.sft.model_copy(update={"ref_count_probs": {5: 1.0}})})
     with pytest.raises(ValueError, match=r"no rows with \[5\] references"):
-        _sft(root, data, monkeypatch, ref_count_probs={5: 1.0})
+        run(only, paths)
 
 
 def test_sft_replays_single_subject_pairs_as_one_reference_batches(setup, monkeypatch):

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from .. import world
+from ..config.data import REFERENCE_GENERATORS
 from ..registry import Registry
 from ..world import backgrounds
 
@@ -45,6 +46,7 @@ def make_generator(name: str, models: str | Path | None = None, **kwargs) -> Gen
 
 
 def available() -> list[str]:
+    """The reference generators' names (= config.data.REFERENCE_GENERATORS, checked at import)."""
     return GENERATORS.names()
 
 
@@ -128,6 +130,13 @@ class Noise:
 
     def generate(self, prompt, refs, *, height, width, seed, meta=None):
         return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+# params.yaml is checked against the names config keeps (the config imports nothing of the
+# benchmark): the two lists must be one.
+if tuple(GENERATORS.names()) != tuple(sorted(REFERENCE_GENERATORS)):
+    raise ImportError(f"components/config/data.py REFERENCE_GENERATORS {sorted(REFERENCE_GENERATORS)} must name the "
+                      f"reference generators registered here, {GENERATORS.names()}")
 
 
 class TrainedGenerator:

@@ -7,9 +7,11 @@ from pathlib import Path
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from .base import Section, known_tasks
-from .data import EvaluateParams, JudgesParams, SynthesizeParams, ValidateParams
+from ..world.scenes import N_SUBJECTS
+from .base import ParamsError, Section, known_tasks
+from .data import GROUNDER_STRIDE, EvaluateParams, JudgesParams, SynthesizeParams, ValidateParams
 from .operations import PipelineParams, RegisterParams, ResourcesParams
+from .resolve import check_resolvable
 from .training import (
     GeneratorParams,
     MultisubjectParams,
@@ -22,8 +24,8 @@ from .training import (
 
 __all__ = ["EvaluateParams", "GeneratorParams", "JudgesParams", "MultisubjectParams", "Params", "ParamsError",
            "PipelineParams", "PretrainParams", "RegisterParams", "ResourcesParams", "Section", "SftParams",
-           "StageTrainingParams", "SynthesizeParams", "TrainConfig", "TrainingParams", "ValidateParams", "known_tasks",
-           "load_params", "section_dict"]
+           "StageTrainingParams", "SynthesizeParams", "TrainConfig", "TrainingParams", "ValidateParams",
+           "check_resolvable", "known_tasks", "load_params", "section_dict"]
 
 
 class Params(Section):
@@ -44,16 +46,59 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _sections_agree(self):
-        """Rules across sections, checked before any stage starts (each names its keys)."""
-        res, patch = self.synthesize.resolution, self.generator.patch
-        if not self.generator.pretrained and res % patch:
-            raise ValueError(f"synthesize.resolution {res} is not divisible by generator.patch {patch}: the "
-                             f"generator cuts images into patch x patch tokens (try resolution {res - res % patch})")
+        """Rules across sections, checked before any stage starts; each names its keys. All that
+        fail are reported together, one line each."""
+        problems = [*self._image_sizes(), *self._dataset_sizes(), *self._reference_counts()]
         if self.multisubject.judge_set != "reward":
-            raise ValueError("multisubject.judge_set must be 'reward': bootstrapping filters training data with "
-                             "the judges that give rewards; the 'eval' judges score the benchmark and must never "
-                             "have shaped what the generator trains on")
+            problems.append("multisubject.judge_set must be 'reward': bootstrapping filters training data with the "
+                            "judges that give rewards; the 'eval' judges score the benchmark and must never have "
+                            "shaped what the generator trains on")
+        if problems:
+            raise ValueError("\n  ".join(problems))
         return self
+
+    def _image_sizes(self) -> list[str]:
+        res, patch = self.synthesize.resolution, self.generator.patch
+        found = []
+        if not self.generator.pretrained and res % patch:  # the real profile's packing: components/config/resolve.py
+            found.append(f"synthesize.resolution {res} is not divisible by generator.patch {patch}: the generator "
+                         f"cuts images into patch x patch tokens (try resolution {res - res % patch})")
+        if res % GROUNDER_STRIDE:
+            found.append(f"synthesize.resolution {res} is not divisible by {GROUNDER_STRIDE}: the judges stage trains "
+                         f"a grounder whose deepest features are 1/{GROUNDER_STRIDE} of the image "
+                         f"(try resolution {res - res % GROUNDER_STRIDE})")
+        return found
+
+    def _dataset_sizes(self) -> list[str]:
+        """The validate stage rejects a synthesized dataset of fewer than validate.min_samples rows."""
+        syn, need = self.synthesize, self.validate_.min_samples
+        sizes = {"synthesize.single": syn.single, "synthesize.standardize": syn.standardize,
+                 "synthesize.multi": syn.multi,
+                 "synthesize.bench_per_subset / bench_rows": sum(syn.bench_size(t) for t in N_SUBJECTS)}
+        return [f"{key} gives {n} rows, fewer than validate.min_samples {need}: the validate stage would reject "
+                f"the dataset; raise it or lower validate.min_samples" for key, n in sizes.items() if n < need]
+
+    def _reference_counts(self) -> list[str]:
+        """sft.ref_count_probs against the pairs the data can hold: a count given a positive
+        probability that no dataset can have would leave sft nothing (or less) to draw from."""
+        syn, ms = self.synthesize, self.multisubject
+        held = {1} if syn.single else set()
+        if syn.multi:
+            held |= {N_SUBJECTS[t] for t in N_SUBJECTS if syn.multi_tasks.get(t, 0) > 0 or ms.recompose.get(t, 0) > 0}
+        found = []
+        for k, p in sorted(self.sft.ref_count_probs.items()):
+            if p <= 0 or k in held:
+                continue
+            if k == 1:
+                why, fix = "synthesize.single is 0", "set synthesize.single > 0"
+            else:
+                tasks = [t for t, n in N_SUBJECTS.items() if n == k]
+                why = ("synthesize.multi is 0" if not syn.multi else
+                       f"neither synthesize.multi_tasks nor multisubject.recompose weights a {k}-subject task {tasks}")
+                fix = f"weight one of {tasks} in synthesize.multi_tasks"
+            found.append(f"sft.ref_count_probs gives {k} reference(s) probability {p}, but no data holds such pairs "
+                         f"({why}): set it to 0 or {fix}")
+        return found
 
     def train_config(self, stage: str) -> TrainConfig:
         """The whole configuration of training stage ``stage`` (``pretrain``, ``sft``): the shared
@@ -61,10 +106,6 @@ class Params(Section):
         own = getattr(self, stage).model_dump(exclude={"ref_count_probs"})
         return TrainConfig(**self.training.model_dump(), **own, sample_steps=self.generator.sample_steps,
                            guidance=self.generator.guidance)
-
-
-class ParamsError(ValueError):
-    """params.yaml is malformed; the message names the file, the key and the fix."""
 
 
 def _format(path: Path, err: ValidationError) -> str:
@@ -75,13 +116,20 @@ def _format(path: Path, err: ValidationError) -> str:
             lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
         elif e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (misspelt? remove it or use a documented name)")
+        elif key in _MAY_HOLD_SECRETS:  # user:password@host; the message says what is wrong without it
+            lines.append(f"  {key}: {e['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
 
 
+_MAY_HOLD_SECRETS = ("pipeline.tracking_uri", "pipeline.artifact_location")
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml; raises ParamsError with a readable message."""
+    """Read and validate params.yaml, and resolve everything it names in its project (the folder
+    holding it; see resolve.py): generators, models by path or hub id, dvc.yaml's stages. Raises
+    ParamsError with one readable line per problem."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -92,9 +140,11 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: top level must be a mapping of sections")
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as e:
         raise ParamsError(_format(path, e)) from None
+    check_resolvable(params, path.resolve().parent, path)
+    return params
 
 
 def section_dict(params: Params, name: str) -> dict:

@@ -14,5 +14,10 @@ def known_tasks(weights: dict[str, float], what: str) -> dict[str, float]:
     return weights
 
 
+class ParamsError(ValueError):
+    """params.yaml is malformed or names what cannot be found; the message names the file, the
+    key and the fix."""
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

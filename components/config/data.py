@@ -8,6 +8,20 @@ from pydantic import Field, field_validator
 from ..world import TASKS
 from .base import Section, known_tasks
 
+# The benchmark's reference generators (components/benchmark/generators.py registers exactly
+# these, and checks so when imported): named here so that params.yaml is checked without
+# importing the benchmark and its torch-heavy dependencies into every stage.
+REFERENCE_GENERATORS = ("background_only", "copy_paste", "noise", "oracle")
+# Pixels per patch side of the trained subject encoder (components/judging/encoder.py PATCH).
+ENCODER_PATCH = 4
+# The trained grounder's deepest feature map is 1/4 of the image, upsampled back to 1/2 and added
+# to the 1/2 one (components/judging/grounding.py): the image side must divide by 4.
+GROUNDER_STRIDE = 4
+
+MODEL_SPEC = ("a Hugging Face hub id (org/name: found in the local cache, else on the hub) or a path to a "
+              "save_pretrained folder; a relative path is read from the project folder (the folder of "
+              "params.yaml, where DVC runs every stage). Checked when params.yaml is loaded.")
+
 
 class SynthesizeParams(Section):
     """The synthesize stage: the world's settings and how many samples of each dataset."""
@@ -70,7 +84,9 @@ class JudgesParams(Section):
     eval_seed: int = Field(202, description="Seed of the evaluation judge set (trained on odd rows).")
     max_rows: Annotated[int, Field(ge=2)] | None = Field(
         None, description="Rows read per dataset for training (None = all).")
-    crop_size: Annotated[int, Field(ge=8, le=256)] = Field(32, description="Side of the subject crops the encoder reads.")
+    crop_size: Annotated[int, Field(ge=8, le=256, multiple_of=ENCODER_PATCH)] = Field(
+        32, description=f"Side of the subject crops the encoder reads (a multiple of {ENCODER_PATCH}: the trained "
+                        f"encoder cuts them into {ENCODER_PATCH}-pixel patches).")
     width: Annotated[int, Field(ge=4, le=512)] = Field(32, description="Base channel width of the judge networks.")
     embed_dim: Annotated[int, Field(ge=4, le=1024)] = Field(64, description="Subject embedding size.")
     batch_size: Annotated[int, Field(ge=2)] = Field(64, description="Training batch size of every judge.")
@@ -82,10 +98,12 @@ class JudgesParams(Section):
     temperature: Annotated[float, Field(gt=0)] = Field(0.1, description="InfoNCE temperature of the encoder.")
     grounding_threshold: Annotated[float, Field(gt=0, lt=1)] = Field(
         0.5, description="Objectness below which the grounder answers 'not found'.")
-    encoder_model: str | None = Field(
-        None, description="Use a pretrained transformers vision model (DINO / CLIP) by id or path instead of training one.")
-    grounder_model: str | None = Field(
-        None, description="Use a pretrained zero-shot detector (transformers) by id or path instead of training one.")
+    encoder_model: Annotated[str, Field(min_length=1)] | None = Field(
+        None, description="Use a pretrained transformers vision model (DINO ViT, DINOv2, CLIP) instead of the trained "
+                          "encoder: " + MODEL_SPEC)
+    grounder_model: Annotated[str, Field(min_length=1)] | None = Field(
+        None, description="Use a pretrained zero-shot detector (OWL-ViT, OWLv2, Grounding DINO) instead of the trained "
+                          "grounder: " + MODEL_SPEC)
 
 
 class EvaluateParams(Section):
@@ -93,8 +111,10 @@ class EvaluateParams(Section):
 
     generators: list[str] = Field(
         default_factory=lambda: ["oracle", "copy_paste", "background_only", "noise", "pretrain", "sft"],
-        description="Generators to score: reference generators by name (benchmark.generators.available()) "
-                    "and trained ones by their folder under models/ (pretrain, sft, ...).")
+        min_length=1,
+        description=f"Generators to score, each once: reference generators by name {list(REFERENCE_GENERATORS)} and "
+                    "trained ones by their folder under models/: one a dvc.yaml stage produces (pretrain, sft, ...) "
+                    "or one already there (holding generator_config.json). Checked when params.yaml is loaded.")
     judge_set: Literal["eval", "reward"] = Field(
         "eval", description="Which judge set scores: 'eval' (independent of the rewards) or 'reward' (diagnostics).")
     seed: int = Field(0, description="Base seed of every generator call (row i uses seed + i).")
@@ -111,6 +131,18 @@ class EvaluateParams(Section):
                     "(paired: the same bench rows) into a mean and 95% interval per subset and dimension.")
     bootstrap: Annotated[int, Field(ge=100)] = Field(2000, description="Bootstrap resamples of each comparison.")
 
+    @field_validator("generators")
+    @classmethod
+    def _names_once(cls, v):
+        twice = sorted({g for g in v if v.count(g) > 1})
+        if twice:
+            raise ValueError(f"{twice} listed more than once: each generator's scores are one entry of the metrics")
+        paths = [g for g in v if "/" in g or "\\" in g or g in (".", "..")]
+        if paths:
+            raise ValueError(f"{paths} are paths: name a trained generator by its folder under models/ "
+                             "(its name keys the metrics and the report files)")
+        return v
+
     @field_validator("compare")
     @classmethod
     def _compared_are_scored(cls, v, info):
@@ -119,4 +151,6 @@ class EvaluateParams(Section):
             missing = [g for g in pair if g not in scored]
             if missing:
                 raise ValueError(f"compare names {missing}, which evaluate.generators does not score")
+            if pair[0] == pair[1]:
+                raise ValueError(f"compare pairs {pair[0]!r} with itself: a pair is [baseline, candidate]")
         return v

@@ -6,7 +6,11 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from ..world.scenes import N_SUBJECTS
 from .base import Section, known_tasks
+
+# Reference counts a training batch can have: 1 (data/single) or a PSR task's subject count.
+REF_COUNTS = sorted({1, *N_SUBJECTS.values()})
 
 
 class GeneratorParams(Section):
@@ -19,9 +23,12 @@ class GeneratorParams(Section):
     single_blocks: Annotated[int, Field(ge=0)] = Field(4, description="FLUX single-stream blocks.")
     text_hidden: Annotated[int, Field(ge=8)] = Field(64, description="Width of the tiny CLIP text encoder.")
     text_layers: Annotated[int, Field(ge=1)] = Field(2, description="Layers of the tiny CLIP text encoder.")
-    pretrained: str | None = Field(
-        None, description="Real profile: a FLUX.1 Kontext folder or hub id (black-forest-labs/FLUX.1-Kontext-dev); "
-                          "its weights are frozen and LoRA adapters trained. None = the tiny model from scratch.")
+    pretrained: Annotated[str, Field(min_length=1)] | None = Field(
+        None, description="Real profile: FLUX.1 Kontext in diffusers' layout (transformer/, vae/, text_encoder/, "
+                          "text_encoder_2/, tokenizer/, tokenizer_2/), by hub id (black-forest-labs/FLUX.1-Kontext-dev: "
+                          "found in the local cache, else on the hub) or by path (a relative path is read from the "
+                          "project folder, where DVC runs every stage); checked when params.yaml is loaded. Its weights "
+                          "are frozen and LoRA adapters trained. None = the tiny model from scratch.")
     lora_rank: Annotated[int, Field(ge=1)] = Field(16, description="LoRA rank of the real profile.")
     prediction: Literal["velocity", "sample"] = Field(
         "velocity", description="Transformer output: velocity (FLUX) or clean image (x-prediction, JiT).")
@@ -151,7 +158,6 @@ class MultisubjectParams(Section):
     @model_validator(mode="after")
     def _slots_fit(self):
         from ..models.layout import SLOTS
-        from ..world.scenes import N_SUBJECTS
 
         if self.recompose_layout == "slots":
             bad = [t for t, n in self.recompose.items() if n and N_SUBJECTS[t] not in SLOTS]
@@ -166,11 +172,15 @@ class SftParams(StageTrainingParams):
 
     ref_count_probs: dict[Annotated[int, Field(ge=1)], Annotated[float, Field(ge=0)]] = Field(
         {1: 0.2, 2: 0.2, 3: 0.25, 4: 0.35}, description="Probability of a batch with 2, 3 or 4 references; "
-        "1 = a batch of single-subject pairs from data/single (replay).")
+        "1 = a batch of single-subject pairs from data/single (replay). A count given a positive probability must be "
+        "one the data can hold (synthesize.multi_tasks or multisubject.recompose has a task of that many subjects).")
 
     @field_validator("ref_count_probs")
     @classmethod
     def _some_probability(cls, v):
         if not v or sum(v.values()) <= 0:
             raise ValueError("at least one reference count needs a positive probability")
+        never = sorted(k for k in v if k not in REF_COUNTS)
+        if never:
+            raise ValueError(f"no data holds pairs with {never} references; the counts are {REF_COUNTS}")
         return v

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..config.resolve import ENCODER_TYPES, GROUNDER_TYPES
 from .base import Grounding
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -22,10 +23,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-# model_type (from config.json) -> adapter family
-_ENCODER_FAMILIES = {"vit": "vit", "dinov2": "dinov2", "dinov2_with_registers": "dinov2",
-                     "clip": "clip", "clip_vision_model": "clip"}
-_GROUNDER_FAMILIES = {"owlvit": "owl", "owlv2": "owl", "grounding-dino": "gdino", "mm-grounding-dino": "gdino"}
+# model_type (from config.json) -> adapter family; kept with the config, which checks a named
+# model's type when params.yaml is loaded.
+_ENCODER_FAMILIES = ENCODER_TYPES
+_GROUNDER_FAMILIES = GROUNDER_TYPES
 
 
 def preprocess(images: Sequence[np.ndarray], resize: int = 256, crop: int = 224,
