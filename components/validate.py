@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Params
-from .data.gate import bench_identities, validate_datasets
+from .data.checks import Benchmark, load_benchmark
+from .data.gate import validate_datasets
 from .data.manifest import SPLITS
 from .pipeline.stage import path_field, stage_main
 
@@ -23,10 +24,10 @@ def run(params: Params, paths: ValidatePaths) -> dict:
     """Validate every dataset in ``paths.data`` with Great Expectations and write the reports
     to ``paths.reports``; raises DataValidationError listing failed expectations and row ids."""
     try:
-        bench_ids = bench_identities(paths.data / "bench")
+        bench = load_benchmark(paths.data / "bench")
     except Exception:  # noqa: BLE001 - an unreadable bench is reported by the gate itself
-        bench_ids = set()
-    return validate_datasets(params, {s: paths.data / s for s in SPLITS}, paths.reports, bench_ids)
+        bench = Benchmark()
+    return validate_datasets(params, {s: paths.data / s for s in SPLITS}, paths.reports, bench)
 
 
 def main(argv=None) -> int:

@@ -155,7 +155,12 @@ def test_only_the_planted_faults_fail(planted):
     assert failed == sorted([
         "- [samples] expect_column_values_to_be_in_set (refs_status)",  # missing ref
         "- [subjects] expect_column_pair_values_a_to_be_greater_than_b (width, x1)",  # box
+        "- [samples] expect_column_values_to_be_in_set (boxes_status)",  # box, no longer the mask's
         "- [subjects] expect_column_values_to_not_be_in_set (identity)",  # leak
+        # leak: the row's scene, reference scene and category still name the subject it replaced
+        "- [samples] expect_column_values_to_be_in_set (scene_status)",
+        "- [samples] expect_column_values_to_be_in_set (ref_scenes_status)",
+        "- [subjects] expect_column_pair_values_to_be_equal (category, identity_category)",
         "- [samples] expect_column_values_to_be_in_set (target_status)",  # truncated
         "- [samples] expect_column_values_to_be_unique (id)",  # duplicate
         "- [subjects] expect_compound_columns_to_be_unique (sample_id, k)",  # duplicate, per subject

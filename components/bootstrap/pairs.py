@@ -64,7 +64,8 @@ def bootstrap(params: Params, data: Path, bench: Path, generator: Path, judges_d
     ``generator`` folder, filter them with the judges under ``judges_dir``, gate them (no
     identity of ``bench`` may leak in) and publish them to ``out``, with reports in ``reports``;
     returns the stage's metrics."""
-    from ..data.gate import bench_identities, validate_datasets
+    from ..data.checks import load_benchmark
+    from ..data.gate import validate_datasets
 
     cfg, t0 = params.multisubject, time.perf_counter()
     manifest = read_manifest(data)
@@ -160,7 +161,7 @@ def bootstrap(params: Params, data: Path, bench: Path, generator: Path, judges_d
         layout.save_layout(tmp, cfg.recompose_layout if recomposed else "as_given")
         frame = pd.DataFrame(records, columns=list(manifest.columns))
         frame.to_parquet(tmp / MANIFEST, index=False)
-        gate = validate_datasets(params, {SPLIT: tmp}, reports / "validate", bench_identities(bench))
+        gate = validate_datasets(params, {SPLIT: tmp}, reports / "validate", load_benchmark(bench))
 
     # 5. reports
     subj.assign(target_box=subj.target_box.map(lambda b: None if b is None else list(b)),
