@@ -40,24 +40,22 @@ def _project(args) -> Path:
     return root
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
+def _whole_number(lo: int, hi: int | None = None, what: str = "a whole number"):
+    """An argparse type: an int in lo..hi, else argparse's one-line error (exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = lo - 1
+        if value < lo or (hi is not None and value > hi):
+            bound = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
+            raise argparse.ArgumentTypeError(f"{what} {bound}, got {text!r}")
+        return value
+    return parse
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is a whole number from 1 to 65535, got {text!r}")
-    return value
+_positive_int = _whole_number(1, what="must be a whole number")
+_port = _whole_number(1, 65535, what="a port is a whole number")
 
 
 def _print_summary(summary: dict) -> None:
