@@ -111,14 +111,16 @@ def leftovers(root: Path) -> list[str]:
 
 
 def trial(root: Path, stage: str, duration: float, kills: int, rng: np.random.Generator, log) -> dict:
-    """Kill the stage ``kills`` times at random moments, then let it finish."""
+    """Kill the stage ``kills`` times at random moments, then let it finish. A start that ends
+    before its kill shortens the span the next moments are drawn from (the machine got faster)."""
     events = []
     for _ in range(kills):
-        proc = start(root, stage)
+        proc, t0 = start(root, stage), time.perf_counter()
         delay = float(rng.uniform(0.0, duration))
         try:
             proc.wait(timeout=delay)
             events.append({"delay": delay, "killed": False})  # it finished first: not a kill
+            duration = min(duration, time.perf_counter() - t0)
             continue
         except subprocess.TimeoutExpired:
             pass
@@ -130,7 +132,7 @@ def trial(root: Path, stage: str, duration: float, kills: int, rng: np.random.Ge
                                                        ["during_checkpoint_write"] else ""))
     finish(start(root, stage))
     metrics = json.loads(outputs(root, stage)[2].read_text())
-    return {"events": events, "resumed_from": metrics.get("resumed_from_step")}
+    return {"events": events, "resumed_from": metrics.get("resumed_from_step"), "duration": duration}
 
 
 def soak(root: Path, stages: list[str], trials: int, kills: tuple[int, int], seed: int, log=print) -> dict:
@@ -146,6 +148,7 @@ def soak(root: Path, stages: list[str], trials: int, kills: tuple[int, int], see
                  "resumed_from": [], "failures": []}
         for i in range(trials):
             result = trial(root, stage, duration, int(rng.integers(kills[0], kills[1] + 1)), rng, log)
+            duration = result["duration"]
             stats["trials"] += 1
             stats["kills"] += sum(e["killed"] for e in result["events"])
             stats["during_checkpoint_write"] += sum(e.get("during_checkpoint_write", False) for e in result["events"])
