@@ -71,7 +71,9 @@ class SynthesizeParams(Section):
 class ValidateParams(Section):
     """The validate stage: the Great Expectations gate on every manifest."""
 
-    decode_images: bool = Field(True, description="Open every PNG and check it decodes at the stated size.")
+    decode_images: bool = Field(True, description=(
+        "Open every PNG: it decodes at the stated size and mode, masks hold the row's labels and match its boxes, "
+        "and no training image is a byte copy of a benchmark image (false: paths and existence only)."))
     min_samples: Annotated[int, Field(ge=0)] = Field(1, description="Fewest rows a dataset may have.")
     report_rows: Annotated[int, Field(ge=1)] = Field(20, description="Failing row ids listed per expectation.")
 
