@@ -48,7 +48,13 @@ def test_pretrain_writes_a_generator_history_and_grids(trained, monkeypatch):
     root, data = trained
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     run_id = mlflow.MlflowClient().create_run(mlflow.create_experiment("t")).info.run_id
+    # What crashes left: checkpoints of a configuration since changed, a half-written model folder.
+    abandoned = root / ".checkpoints" / "pretrain-0123456789ab" / "checkpoints" / "step-0000002"
+    abandoned.mkdir(parents=True)
+    half = root / "models" / ".pretrain.tmp-999999999-x1"  # its writer (no such pid) is gone
+    half.mkdir(parents=True)
     assert _pretrain(root, data, monkeypatch, run_id) == 0
+    assert not half.exists() and not list((root / "models").glob(".pretrain.*"))
     m = json.loads((root / "metrics" / "pretrain.json").read_text())
     assert m["steps"] == 6 and m["rows"] == 40 and m["ref_counts"] == {"1": 40} and m["resumed_from_step"] == 0
     assert np.isfinite(m["final_loss"]) and "timings" not in m and "samples_per_second" not in m  # timings go to MLflow
