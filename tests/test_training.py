@@ -170,3 +170,39 @@ def test_two_processes_keep_identical_weights(tmp_path):
     torch.manual_seed(0)
     init = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)).state_dict()
     assert not _same({f"{k}": v for k, v in init.items()}, _weights(out, 0)["raw"])
+
+
+def _launch2(out: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+            "0", str(SCRIPT), str(out), *args]
+
+
+@pytest.mark.integration
+def test_two_processes_killed_on_policy_resume_each_ranks_own_state(tmp_path):
+    """Two on-policy ranks collect different experience; killed (SIGKILL to the launcher's process
+    group) inside the step-4 checkpoint write, the rerun resumes from step 2 with each rank's own
+    experience, collector state and history (accelerate alone would give both rank 0's) and ends
+    with the uninterrupted run's weights and per-rank logs."""
+    args = ("--steps", "6", "--checkpoint-every", "2", "--on-policy")
+    whole = tmp_path / "whole"
+    done = subprocess.run(_launch2(whole, *args), env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_launch2(out, *args, "--stall-checkpoint", "4"), env=_env(), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while not (out / "checkpoints" / "step-0000004.tmp" / "custom_checkpoint_0.pkl").is_file():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its step-4 checkpoint"
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(_launch2(out, *args), env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        resumed = json.loads((out / f"result-rank{rank}.json").read_text())
+        uninterrupted = json.loads((whole / f"result-rank{rank}.json").read_text())
+        assert resumed["resumed_from"] == 2
+        assert [h["local_loss"] for h in resumed["history"]] == [h["local_loss"] for h in uninterrupted["history"]]
+        assert _same(_weights(out, rank)["raw"], _weights(whole, rank)["raw"])

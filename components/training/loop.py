@@ -125,6 +125,28 @@ class _Progress:
         self.history, self.seconds = list(state.get("history", [])), float(state.get("seconds", 0.0))
 
 
+class _PerRank:
+    """Checkpoints ``obj`` once per process. accelerate writes one copy of each registered object,
+    the main process's: state that differs between ranks (the experience each collected, its batch
+    counters, a collector's running baseline) would come back as rank 0's on every rank. Here every
+    rank's state is gathered into the one copy, and each rank loads its own."""
+
+    def __init__(self, obj, acc: Accelerator):
+        self.obj, self.acc = obj, acc
+
+    def state_dict(self) -> dict:
+        from accelerate.utils import gather_object
+
+        return {"ranks": gather_object([self.obj.state_dict()])}  # collective: every rank calls it
+
+    def load_state_dict(self, state: dict) -> None:
+        ranks = state["ranks"]
+        if len(ranks) != self.acc.num_processes:
+            raise RuntimeError(f"the checkpoint was written by {len(ranks)} training process(es); resume it with as "
+                               f"many (this run has {self.acc.num_processes})")
+        self.obj.load_state_dict(ranks[self.acc.process_index])
+
+
 def schedule(cfg: LoopConfig) -> Callable[[int], float]:
     """LR multiplier: linear warm-up, then cosine decay to 10% at the last step."""
     def f(step: int) -> float:
@@ -201,8 +223,8 @@ class Trainer:
         self.progress = _Progress()
         source = make_batch or collect
         stateful = getattr(source, "state_dict", None) and getattr(source, "load_state_dict", None)
-        acc.register_for_checkpointing(self.sched, self.progress, *([self.ema] if self.ema else []),
-                                       *([source] if stateful else []))
+        acc.register_for_checkpointing(self.sched, _PerRank(self.progress, acc), *([self.ema] if self.ema else []),
+                                       *([_PerRank(source, acc)] if stateful else []))
         self._window = self._clock = (time.perf_counter(), 0)
 
     @property
