@@ -179,8 +179,11 @@ def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainCo
     objective = FlowMatching(drop_text=cfg.drop_text, drop_refs=cfg.drop_refs, drop_both=cfg.drop_both,
                              subject_weight=cfg.subject_weight)
 
-    def on_log(step, record):
+    def log_step(step, record):  # one step's record into the stage's MLflow run
         logger.metrics({k: v for k, v in record.items() if k not in ("step", "local_loss")}, step, prefix="train/")
+
+    def on_log(step, record):
+        log_step(step, record)
         print(f"{stage} step {step}: loss {record['loss']:.4f} lr {record['lr']:.2e} "
               f"{record['samples_per_second']:.1f} samples/s", flush=True)
 
@@ -205,8 +208,7 @@ def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainCo
         if result.resumed_from:  # the steps logged before the crash, into this run too
             for h in result.history:
                 if h["step"] <= result.resumed_from:
-                    logger.metrics({k: v for k, v in h.items() if k not in ("step", "local_loss")}, h["step"],
-                                   prefix="train/")
+                    log_step(h["step"], h)
         final.save_pretrained(out)
         sample_grid(final, data, grid_rows, cfg, "final").save(reports / "samples.png")
         for path in sorted(kept.glob("step-*.png")):
