@@ -76,7 +76,10 @@ def outputs(root: Path, stage: str) -> list[Path]:
 def start(root: Path, stage: str) -> subprocess.Popen:
     """The stage's command in a process group of its own, its outputs emptied first (as DVC does)."""
     for path in outputs(root, stage):
-        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false"}
     env.pop("SUBJECTFLOW_MLFLOW_RUN_ID", None)
     return subprocess.Popen(command(stage), cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
