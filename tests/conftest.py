@@ -53,7 +53,7 @@ def set_training(params: dict, stage: str, **settings) -> dict:
     from components.config import SftParams
 
     for key, value in settings.items():
-        section = "generator" if key in ("sample_steps", "guidance") else stage if key in SftParams.model_fields \
+        section = "generator" if key in ("sample_steps", "guidance", "sample_precision") else stage if key in SftParams.model_fields \
             else "training"
         params[section][key] = value
     return params

@@ -138,6 +138,56 @@ def test_sampling_shapes_determinism_and_sde_log_probs(batch):
     assert torch.allclose(gaussian_log_prob(x_next, mean, std), s["log_probs"][:, 1], atol=1e-4)
 
 
+def test_attention_processor_matches_diffusers_and_keeps_bf16_attention_in_fp32(batch):
+    """models/attention.py: in fp32 it computes what diffusers' FluxAttnProcessor computes; under
+    bf16 autocast on CPU the attention product runs in fp32 (the projections stay bf16), so the
+    velocity is near the fp32 one."""
+    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
+    targets, prompts, refs = batch
+    g = SubjectGenerator.tiny(**SMALL).eval()
+    x = g.pack(g.to_space(targets))
+    t, text, ref = torch.full((4,), 0.6), g.encode_text(prompts), g.ref_tokens(refs)
+    with torch.no_grad():
+        ours = g.velocity(x, t, text, ref)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ours_bf16 = g.velocity(x, t, text, ref).float()
+        g.transformer.set_attn_processor(FluxAttnProcessor())
+        theirs = g.velocity(x, t, text, ref)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert ours_bf16.dtype == torch.float32 and not torch.equal(ours_bf16, ours)  # autocast did act
+    assert (ours_bf16 - ours).abs().mean() < 0.05 * ours.abs().mean()
+
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append(q.dtype)
+        return real(q, k, v, **kw)
+
+    g = SubjectGenerator.tiny(**SMALL).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.nn.functional.scaled_dot_product_attention = spy
+        try:
+            g.velocity(x, t, text, ref)
+        finally:
+            torch.nn.functional.scaled_dot_product_attention = real
+    assert seen and set(seen) == {torch.float32}
+
+
+def test_bf16_sampling_draws_nearly_the_fp32_images(batch):
+    """precision="bf16" changes the arithmetic, not the sampler: same seed, nearly the same images."""
+    _, prompts, refs = batch
+    g = SubjectGenerator.tiny(**SMALL).eval()
+    kw = dict(steps=4, seed=3, guidance=2.0)
+    fp32 = g.sample(prompts, refs, **kw)["images"].astype(float)
+    bf16 = g.sample(prompts, refs, precision="bf16", **kw)["images"].astype(float)
+    assert not np.array_equal(fp32, bf16)
+    assert np.abs(fp32 - bf16).mean() < 2.0  # of 255
+    with pytest.raises(ValueError, match="precision"):
+        g.sample(prompts, refs, precision="fp8", **kw)
+
+
 def test_save_and_load_by_path(batch, tmp_path):
     _, prompts, refs = batch
     g = SubjectGenerator.tiny(config=GeneratorConfig(max_refs=3), **SMALL).eval()

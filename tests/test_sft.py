@@ -108,8 +108,8 @@ def test_sft_records_how_the_model_samples_with_the_datas_reference_layout(setup
 
     root, data, _ = setup
     m, _ = _sft(root, data, monkeypatch, steps=2, guidance=3.0)
-    assert SamplingSettings.load(root / "models" / "sft") == SamplingSettings(2, 3.0, "as_given")
-    assert m["sampling"] == {"steps": 2, "guidance": 3.0, "reference_layout": "as_given"}
+    assert SamplingSettings.load(root / "models" / "sft") == SamplingSettings(2, 3.0, "as_given", "bf16")
+    assert m["sampling"] == {"steps": 2, "guidance": 3.0, "reference_layout": "as_given", "precision": "bf16"}
     copy = tmp_path / "data"
     for name in ("multi", "single"):
         shutil.copytree(data / name, copy / name)

@@ -142,17 +142,17 @@ if tuple(GENERATORS.names()) != tuple(sorted(REFERENCE_GENERATORS)):
 class TrainedGenerator:
     """A trained generator folder (``SubjectGenerator.save_pretrained``) behind the benchmark's
     interface; ``generate_batch`` samples many rows with the same reference count at once, with
-    the sampling settings the folder records (``sampling.json``) unless ``steps`` or ``guidance``
-    override them."""
+    the sampling settings the folder records (``sampling.json``) unless ``steps``, ``guidance`` or
+    ``precision`` override them."""
 
     def __init__(self, folder: str | Path, name: str | None = None, steps: int | None = None,
-                 guidance: float | None = None, batch: int = 64):
+                 guidance: float | None = None, precision: str | None = None, batch: int = 64):
         from ..models.generator import SubjectGenerator
         from ..models.sampling import SamplingSettings
 
         self.name = name or Path(folder).name
         self.model = SubjectGenerator.from_pretrained(folder).eval()
-        self.sampling = SamplingSettings.load(folder).override(steps, guidance)
+        self.sampling = SamplingSettings.load(folder).override(steps, guidance, precision)
         self.batch = batch
 
     def _check_size(self, height: int, width: int) -> None:

@@ -93,7 +93,8 @@ def benchmark(params: Params, bench_dir: Path, judges_dir: Path, reports: Path,
     for name in generators or cfg.generators:
         t0 = time.perf_counter()
         gen = make_generator(name, models=models) if name in available() else \
-            make_generator(name, models=models, steps=cfg.sample_steps, guidance=cfg.guidance)
+            make_generator(name, models=models, steps=cfg.sample_steps, guidance=cfg.guidance,
+                           precision=cfg.sample_precision)
         if hasattr(gen, "sampling"):  # a trained generator: how it was sampled goes with its scores
             sampling[name] = asdict(gen.sampling)
         images = generate_all(gen, rows, side, cfg.seed)

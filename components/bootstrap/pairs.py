@@ -75,8 +75,9 @@ def bootstrap(params: Params, data: Path, bench: Path, generator: Path, judges_d
     judges = load_judge_set(judges_dir / cfg.judge_set, params.judges)
     model = SubjectGenerator.from_pretrained(generator).eval()
     # regenerate as the single-subject model was trained to sample, unless multisubject says otherwise
-    sampling = SamplingSettings.load(generator).override(cfg.sample_steps, cfg.guidance)
-    cfg = cfg.model_copy(update={"sample_steps": sampling.steps, "guidance": sampling.guidance})
+    sampling = SamplingSettings.load(generator).override(cfg.sample_steps, cfg.guidance, cfg.sample_precision)
+    cfg = cfg.model_copy(update={"sample_steps": sampling.steps, "guidance": sampling.guidance,
+                                 "sample_precision": sampling.precision})
     rng = np.random.default_rng(cfg.seed)
 
     # One row per (scene, subject).

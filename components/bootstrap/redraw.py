@@ -55,13 +55,13 @@ def new_backgrounds(rng: np.random.Generator, avoid: list[str]) -> list[str]:
 
 
 def regenerate(model: SubjectGenerator, inputs: list[np.ndarray], prompts: list[str], batch_size: int,
-               steps: int, guidance: float, seed: int) -> list[np.ndarray]:
+               steps: int, guidance: float, seed: int, precision: str = "fp32") -> list[np.ndarray]:
     """The single-subject model's image for each (isolated subject, prompt), in batches."""
     out: list[np.ndarray] = []
     for b, start in enumerate(range(0, len(inputs), batch_size)):
         chunk = slice(start, start + batch_size)
         out += list(model.sample(prompts[chunk], [[x] for x in inputs[chunk]], steps=steps, guidance=guidance,
-                                 seed=seed + b)["images"])
+                                 seed=seed + b, precision=precision)["images"])
     return out
 
 
@@ -114,7 +114,7 @@ def redraw_scenes(model: SubjectGenerator, judges: JudgeSet, scenes: list[list[i
     while cursor:
         current = [scenes[s][pos] for s, pos in cursor.items()]
         regens = regenerate(model, [inputs[j] for j in current], [prompts[j] for j in current], cfg.batch_size,
-                            cfg.sample_steps, cfg.guidance, cfg.seed + rnd * SEED_STRIDE)
+                            cfg.sample_steps, cfg.guidance, cfg.seed + rnd * SEED_STRIDE, cfg.sample_precision)
         boxes, sims = consistency(judges, [targets[j] for j in current], [target_boxes[j] for j in current], regens,
                                   [categories[j] for j in current], crop_size)
         for j, image, box, sim in zip(current, regens, boxes, sims):

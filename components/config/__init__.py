@@ -105,7 +105,7 @@ class Params(Section):
         ``training`` section, the stage's own, and the generator's sampling settings."""
         own = getattr(self, stage).model_dump(exclude={"ref_count_probs"})
         return TrainConfig(**self.training.model_dump(), **own, sample_steps=self.generator.sample_steps,
-                           guidance=self.generator.guidance)
+                           guidance=self.generator.guidance, sample_precision=self.generator.sample_precision)
 
 
 def _format(path: Path, err: ValidationError) -> str:

@@ -127,6 +127,8 @@ class EvaluateParams(Section):
         None, description="ODE steps of trained generators (None = what each generator's folder records).")
     guidance: Annotated[float, Field(ge=1)] | None = Field(
         None, description="CFG scale of trained generators (None = what each generator's folder records).")
+    sample_precision: Literal["fp32", "bf16"] | None = Field(
+        None, description="Sampling precision of every trained generator (None = what each one's folder records).")
     compare: list[tuple[str, str]] = Field(
         default_factory=lambda: [("pretrain", "sft")],
         description="Pairs [baseline, candidate] of scored generators whose per-row differences are bootstrapped "

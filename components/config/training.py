@@ -37,6 +37,9 @@ class GeneratorParams(Section):
                         "the benchmark, the registered model and `subjectflow generate` read it.")
     guidance: Annotated[float, Field(ge=1)] = Field(
         2.5, description="CFG scale a trained generator samples with (1 = off); recorded in its folder like sample_steps.")
+    sample_precision: Literal["fp32", "bf16"] = Field(
+        "bf16", description="Precision of the transformer when a trained generator samples (bf16 = under bf16 "
+                            "autocast, the integrated state kept in fp32); recorded in its folder like sample_steps.")
 
     @model_validator(mode="after")
     def _heads_divide_width(self):
@@ -63,7 +66,7 @@ class TrainingParams(Section):
     subject_weight: Annotated[float, Field(ge=1)] = Field(
         5.0, description="Loss weight of subject pixels (from the dataset's masks) relative to background.")
     mixed_precision: Annotated[Literal["no", "bf16", "fp16"], BeforeValidator(_yaml_no)] = Field(
-        "no", description="accelerate mixed precision (an unquoted `no` counts as 'no').")
+        "bf16", description="accelerate mixed precision: bf16 autocast with fp32 master weights (an unquoted `no` counts as 'no').")
     # advanced
     warmup_steps: Annotated[int, Field(ge=0)] = Field(30, description="Linear warm-up, then cosine decay to 10%.")
     weight_decay: Annotated[float, Field(ge=0)] = Field(0.0, description="AdamW weight decay.")
@@ -112,6 +115,7 @@ class TrainConfig(TrainingParams, StageTrainingParams):
 
     sample_steps: int = 20
     guidance: float = 1.0
+    sample_precision: str = "fp32"
 
 
 class MultisubjectParams(Section):
@@ -141,6 +145,8 @@ class MultisubjectParams(Section):
         None, description="ODE steps per regeneration (None = what the single-subject model's folder records).")
     guidance: Annotated[float, Field(ge=1)] | None = Field(
         None, description="CFG scale of the regenerations (None = what the single-subject model's folder records).")
+    sample_precision: Literal["fp32", "bf16"] | None = Field(
+        None, description="Sampling precision of the regenerations (None = what the single-subject model's folder records).")
     grid_rows: Annotated[int, Field(ge=1, le=64)] = Field(8, description="Rows of the kept / dropped example grids.")
     recompose: dict[str, Annotated[int, Field(ge=0)]] = Field(
         {"Three": 300, "Four": 300}, description="Pairs per task rendered anew with the identities whose reference passed, each with "

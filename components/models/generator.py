@@ -28,6 +28,7 @@ from diffusers import AutoencoderKL, FluxTransformer2DModel
 from torch import nn
 from transformers import AutoTokenizer, CLIPTextModel
 
+from .attention import Fp32CpuAttention
 from .text import build_tokenizer, tiny_text_encoder, tokenize
 
 CONFIG_NAME = "generator_config.json"
@@ -101,6 +102,7 @@ class SubjectGenerator(nn.Module):
         if (vae is None) != (config.latent_channels == 0):
             raise ValueError("an autoencoder is needed exactly when config.latent_channels > 0")
         self.vae = vae
+        transformer.set_attn_processor(Fp32CpuAttention())  # bf16 autocast on CPU: see models/attention.py
         if vae is not None:
             vae.requires_grad_(False).eval()  # frozen, as FLUX's VAE
             if vae.config.latent_channels != config.latent_channels:
@@ -266,18 +268,22 @@ class SubjectGenerator(nn.Module):
     # --- sampling ---------------------------------------------------------------------------
 
     def _guided(self, x, t, cond, uncond, ref, blank, guidance: float) -> torch.Tensor:
-        v = self.velocity(x, t, cond, ref)
+        """The CFG velocity. The two branches are two transformer calls: one call on a batch of
+        2B was slower on CPU at the pipeline's batch sizes (docs/performance.md)."""
+        v = self.velocity(x, t, cond, ref).float()
         if guidance == 1.0:
             return v
-        v_uncond = self.velocity(x, t, uncond, blank)
+        v_uncond = self.velocity(x, t, uncond, blank).float()
         return v_uncond + guidance * (v - v_uncond)
 
     @torch.no_grad()
     def sample(self, prompts: Sequence[str], refs, steps: int = 20, guidance: float = 1.0, seed: int = 0,
-               sde: bool = False, eta: float = 0.7) -> dict:
+               sde: bool = False, eta: float = 0.7, precision: str = "fp32") -> dict:
         """Images for ``prompts`` and references. ODE (Euler, t = 1 -> 0) by default; with
         ``sde`` Flow-GRPO's SDE, also returning every step's latents and log-probabilities
-        (``log_probs`` (B, steps), ``latents`` (B, steps + 1, N, C)) for the RL stage."""
+        (``log_probs`` (B, steps), ``latents`` (B, steps + 1, N, C)) for the RL stage.
+        ``precision`` "bf16" runs the transformer under bf16 autocast; the state being integrated,
+        the CFG combination and the log-probabilities stay fp32."""
         g = torch.Generator().manual_seed(seed)
         b, n, c = len(prompts), self.config.grid ** 2, self.config.channels
         ref = self.ref_tokens(refs)
@@ -288,7 +294,8 @@ class SubjectGenerator(nn.Module):
         latents, log_probs = [x], []
         for i in range(steps):
             t, t_next = ts[i], ts[i + 1]
-            v = self._guided(x, t.expand(b).to(self.device), cond, uncond, ref, blank, guidance)
+            with autocast(self.device, precision):
+                v = self._guided(x, t.expand(b).to(self.device), cond, uncond, ref, blank, guidance)
             if sde:
                 mean, std = sde_step_moments(x, v, float(t), float(t_next), float(ts[1]), eta)
                 x_next = mean + std * torch.randn(x.shape, generator=g).to(self.device)
@@ -301,6 +308,16 @@ class SubjectGenerator(nn.Module):
         if sde:
             out.update(log_probs=torch.stack(log_probs, 1), latents=torch.stack(latents, 1))
         return out
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context of a sampling ``precision`` (fp32: none)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def sde_step_moments(x: torch.Tensor, v: torch.Tensor, t: float, t_next: float, t_max: float,

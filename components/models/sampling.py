@@ -1,11 +1,12 @@
 """How a trained generator samples: steps, CFG scale and reference layout, recorded in its folder.
 
 The training stage writes ``sampling.json`` with the settings the pipeline then benchmarks it
-with (``generator.sample_steps``, ``generator.guidance``, and the reference layout of its data),
+with (``generator.sample_steps``, ``generator.guidance``, ``generator.sample_precision`` and the
+reference layout of its data),
 so the benchmark, the bootstrapping stage, the registered pyfunc model and
 ``subjectflow generate`` all draw what the README's numbers measured, unless a caller overrides
 a setting. A folder without the file (saved by hand) samples plainly: 20 steps, no guidance,
-references as given.
+references as given, in fp32.
 """
 from __future__ import annotations
 
@@ -23,9 +24,14 @@ class SamplingSettings:
     steps: int = 20
     guidance: float = 1.0
     reference_layout: str = "as_given"
+    precision: str = "fp32"  # fp32 | bf16: the transformer under bf16 autocast (models/generator.py)
 
     def __post_init__(self):
+        from .generator import PRECISIONS
+
         check_layout(self.reference_layout, f"{FILE}: ")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"{FILE}: precision must be one of {PRECISIONS}, not {self.precision!r}")
         if self.steps < 1 or self.guidance < 1:
             raise ValueError(f"sampling: steps must be >= 1 and guidance >= 1, got {self.steps} and {self.guidance}")
 
@@ -38,12 +44,15 @@ class SamplingSettings:
         path = Path(folder) / FILE
         return cls(**json.loads(path.read_text())) if path.is_file() else cls()
 
-    def override(self, steps: int | None = None, guidance: float | None = None) -> "SamplingSettings":
+    def override(self, steps: int | None = None, guidance: float | None = None,
+                 precision: str | None = None) -> "SamplingSettings":
         """These settings with a caller's explicit choices (None keeps the recorded one)."""
         return replace(self, steps=self.steps if steps is None else steps,
-                       guidance=self.guidance if guidance is None else guidance)
+                       guidance=self.guidance if guidance is None else guidance,
+                       precision=self.precision if precision is None else precision)
 
     def sample(self, model, prompts, refs, seed: int) -> list:
         """``model``'s images for ``prompts`` and plain references (packed by the layout here)."""
         packed = [arrange(r, self.reference_layout) for r in refs]
-        return list(model.sample(list(prompts), packed, steps=self.steps, guidance=self.guidance, seed=seed)["images"])
+        return list(model.sample(list(prompts), packed, steps=self.steps, guidance=self.guidance, seed=seed,
+                                 precision=self.precision)["images"])

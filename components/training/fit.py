@@ -100,7 +100,7 @@ def sample_grid(model: SubjectGenerator, data: Pairs, rows: np.ndarray, cfg: Tra
         groups.setdefault(len(data.refs[i]), []).append(int(i))
     for idx in groups.values():
         out = model.sample([data.prompts[i] for i in idx], [data.refs[i] for i in idx], steps=cfg.sample_steps,
-                           guidance=cfg.guidance, seed=cfg.seed)["images"]
+                           guidance=cfg.guidance, seed=cfg.seed, precision=cfg.sample_precision)["images"]
         images.update(zip(idx, out))
     model.train()
     return grid([(data.refs[i], images[int(i)], f"{caption}: {data.prompts[i]}") for i in rows])
@@ -253,7 +253,7 @@ def run_fit(stage: str, params: Params, dataset_dir: Path, out: Path, reports: P
                 print(f"{stage}: removing {old}, the checkpoints of an earlier configuration", flush=True)
                 shutil.rmtree(old, ignore_errors=True)
     reports.mkdir(parents=True, exist_ok=True)
-    sampling = SamplingSettings(cfg.sample_steps, cfg.guidance, reference_layout)
+    sampling = SamplingSettings(cfg.sample_steps, cfg.guidance, reference_layout, cfg.sample_precision)
     if not process_state().is_main_process:
         return fit_generator(stage, model, data, cfg, out, reports, checkpoints, ref_count_probs, grid_pool)
     with atomic_dir(out) as tmp:
