@@ -28,6 +28,17 @@ TINY_TRAIN = {"steps": 4, "batch_size": 4, "warmup_steps": 1, "log_every": 2, "s
               "checkpoint_every": 2, "sample_steps": 2, "grid_rows": 2}
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """accelerate keeps one process-wide state, and refuses a second Trainer whose mixed precision
+    differs from the first's (a stage process only ever makes one): reset it after each test, as
+    accelerate's own tests do."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def tiny_params(**synth) -> dict:
     """The repository's params.yaml shrunk to a few samples per dataset."""
     from components.pipeline.project import default_params
