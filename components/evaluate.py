@@ -4,7 +4,8 @@ Every generator draws every benchmark row (7 subsets, held-out identities); the 
 set scores each image on Subject Consistency (PSR's grounded pairwise reward), Semantic Alignment
 (the fraction of the prompt's claims that hold; Position by box geometry) and Aesthetic. Outputs:
 metrics per generator, subset and overall; a CSV table; per-sample scores; a radar chart per
-dimension and per-subset bars; a sample grid per generator (references | output).
+dimension and per-subset bars; a sample grid per generator (references | output). A generator
+unchanged since the last benchmark is read from the cache, not sampled again (benchmark/cache.py).
 """
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ class EvaluatePaths:
     judges: Path = path_field("folder holding the judge sets (models/judges)")
     models: Path = path_field("folder holding trained generators by name (models/)")
     reports: Path = path_field("folder for the table, charts and sample grids")
+    cache: Path = path_field("folder for each generator's cached images and scores, outside the DVC outputs "
+                             "(.cache/evaluate): an unchanged generator is not sampled again")
 
 
 def run(params: Params, paths: EvaluatePaths) -> dict:
     """The benchmark for every generator in params.evaluate.generators."""
-    return benchmark(params, paths.bench, paths.judges, paths.reports, models=paths.models)
+    return benchmark(params, paths.bench, paths.judges, paths.reports, models=paths.models, cache=paths.cache)
 
 
 def main(argv=None) -> int:

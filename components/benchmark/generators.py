@@ -38,11 +38,19 @@ def make_generator(name: str, models: str | Path | None = None, **kwargs) -> Gen
     (``pretrain`` -> models/pretrain) or a path to a ``save_pretrained`` generator folder."""
     if name in GENERATORS:
         return GENERATORS.get(name)(**kwargs)
-    for folder in ([Path(models) / name] if models else []) + [Path(name)]:
-        if (folder / "generator_config.json").is_file():
-            return TrainedGenerator(folder, name=name, **kwargs)
+    folder = trained_folder(name, models)
+    if folder is not None:
+        return TrainedGenerator(folder, name=name, **kwargs)
     raise KeyError(f"unknown generator {name!r}; known: {GENERATORS.names()} or a trained generator folder"
                    + (f" under {models}" if models else ""))
+
+
+def trained_folder(name: str, models: str | Path | None = None) -> Path | None:
+    """The generator folder ``name`` stands for (``models/<name>``, else ``name`` as a path), if any."""
+    for folder in ([Path(models) / name] if models else []) + [Path(name)]:
+        if (folder / "generator_config.json").is_file():
+            return folder
+    return None
 
 
 def available() -> list[str]:

@@ -17,12 +17,15 @@ from .. import world
 from ..config import Params
 from ..data.grids import grid, load_rgb
 from ..data.manifest import read_manifest
+from ..io import folder_hash
 from ..judging.base import JudgeSet
 from ..judging.rewards import make_reward
 from ..judging.sets import load_judge_set
+from ..models.sampling import SamplingSettings
 from ..pipeline.stage import TIMINGS
 from . import report
-from .generators import Generator, available, make_generator
+from .cache import ScoreCache
+from .generators import Generator, available, make_generator, trained_folder
 
 
 @dataclass
@@ -80,27 +83,45 @@ def generate_all(gen: Generator, rows: list[BenchRow], side: int, seed: int) -> 
 
 
 def benchmark(params: Params, bench_dir: Path, judges_dir: Path, reports: Path,
-              generators: list[str] | None = None, models: Path | None = None) -> dict:
+              generators: list[str] | None = None, models: Path | None = None, cache: Path | None = None) -> dict:
     """Score ``generators`` (default: params.evaluate.generators; reference generators by name,
     trained ones as folders under ``models``) and write the reports. Returns the scores, and
-    each generator's generate/score seconds under ``"timings"``."""
+    each generator's generate/score seconds under ``"timings"``. With ``cache`` (a folder), a
+    generator whose weights, sampling, judges, rows and code are unchanged since a previous
+    benchmark is not sampled or scored again (``benchmark/cache.py``)."""
     cfg = params.evaluate
     judges = load_judge_set(judges_dir / cfg.judge_set, params.judges)
     rows, side = load_bench(bench_dir, cfg.per_subset)
     subsets = [t for t in world.TASKS if any(r.subset == t for r in rows)]
     reports.mkdir(parents=True, exist_ok=True)
     frames, timing, sampling = [], {}, {}
+    store = ScoreCache(cache, bench_dir, judges_dir / cfg.judge_set,
+                       {"judges": params.judges.model_dump(), "per_subset": cfg.per_subset, "seed": cfg.seed}) \
+        if cache is not None else None
     for name in generators or cfg.generators:
         t0 = time.perf_counter()
-        gen = make_generator(name, models=models) if name in available() else \
-            make_generator(name, models=models, steps=cfg.sample_steps, guidance=cfg.guidance,
-                           precision=cfg.sample_precision)
-        if hasattr(gen, "sampling"):  # a trained generator: how it was sampled goes with its scores
-            sampling[name] = asdict(gen.sampling)
-        images = generate_all(gen, rows, side, cfg.seed)
-        t1 = time.perf_counter()
-        scores = score(rows, images, judges, params.judges.crop_size)
-        timing[name] = {"generate_seconds": round(t1 - t0, 3), "score_seconds": round(time.perf_counter() - t1, 3)}
+        reference = name in available()
+        kwargs = {} if reference else {"steps": cfg.sample_steps, "guidance": cfg.guidance,
+                                       "precision": cfg.sample_precision}
+        folder = None if reference else trained_folder(name, models)
+        if folder is not None:  # a trained generator: how it was sampled goes with its scores
+            sampling[name] = asdict(SamplingSettings.load(folder).override(**kwargs))
+        key = store.key(name, folder_hash(folder) if folder else None, sampling.get(name)) if store else None
+        hit = store.load(key) if store else None
+        if hit is not None:
+            scores, images = hit
+            print(f"evaluate: {name} unchanged since a previous benchmark (cache {key}): not sampled again",
+                  flush=True)
+            timing[name] = {"generate_seconds": 0.0, "score_seconds": 0.0, "cached": 1}
+        else:
+            gen = make_generator(name, models=models, **kwargs)
+            images = generate_all(gen, rows, side, cfg.seed)
+            t1 = time.perf_counter()
+            scores = score(rows, images, judges, params.judges.crop_size)
+            timing[name] = {"generate_seconds": round(t1 - t0, 3), "score_seconds": round(time.perf_counter() - t1, 3),
+                            "cached": 0}
+            if store:
+                store.store(key, scores, images)
         scores.insert(0, "generator", name)
         frames.append(scores)
         picked = list(range(0, len(rows), max(len(rows) // cfg.grid_rows, 1)))[:cfg.grid_rows]
@@ -130,5 +151,7 @@ def benchmark(params: Params, bench_dir: Path, judges_dir: Path, reports: Path,
         metrics.setdefault(r.generator, {})[str(r.subset)] = {
             "SC": round(float(r.SC), 4), "SA": round(float(r.SA), 4), "AES": round(float(r.AES), 4),
             "missing_rate": round(float(r.missing_rate), 4)}
+    if store:
+        store.prune()
     metrics[TIMINGS] = timing  # wall clock: to MLflow, not to metrics/evaluate.json (a dependency of register)
     return metrics
