@@ -3,10 +3,11 @@ and scored again only when what its scores depend on changed; what comes from th
 exactly what a fresh benchmark computes."""
 from __future__ import annotations
 
-import pandas as pd
+import numpy as np
 import pytest
 
 from components.benchmark import scoring
+from components.benchmark.cache import ENTRY
 from components.config import Params
 from components.models.generator import SubjectGenerator
 from components.models.sampling import SamplingSettings
@@ -87,9 +88,9 @@ def test_only_what_changed_is_sampled_again_and_the_cache_gives_what_a_fresh_run
     fresh, sampled = _run(root, params, monkeypatch, "r4", cache=False)
     assert len(sampled) == len(GENERATORS)
     assert _scores(fresh) == _scores(changed)
-    pd.testing.assert_frame_equal(pd.read_csv(root / "r4" / "scores.csv"), pd.read_csv(root / "r3" / "scores.csv"))
+    assert (root / "r4" / "scores.csv").read_bytes() == (root / "r3" / "scores.csv").read_bytes()
     # The superseded sft entry is pruned: one entry per generator.
-    assert len([p for p in (root / ".cache").iterdir() if p.is_dir()]) == len(GENERATORS)
+    assert len([p for p in (root / ".cache").iterdir() if ENTRY.fullmatch(p.name)]) == len(GENERATORS)
 
 
 def test_sampling_settings_judges_and_code_are_in_the_key(world, monkeypatch):
@@ -107,13 +108,38 @@ def test_sampling_settings_judges_and_code_are_in_the_key(world, monkeypatch):
     monkeypatch.setattr(cache, "code_hash", lambda: "another commit")
     _, sampled = _run(root, params, monkeypatch, "s3")
     assert len(sampled) == len(GENERATORS)
+    monkeypatch.undo()
 
 
-def test_a_corrupt_or_partial_entry_is_recomputed(world, monkeypatch):
+def test_retrained_judges_with_the_same_params_rescore_everyone(world, monkeypatch):
+    """The judges' files are in the key, not only their params: judges retrained on other data
+    (same params) must score every generator again."""
+    root, params = world
+    _run(root, params, monkeypatch, "j0")
+    weights = next(p for p in sorted((root / "judges" / "eval").rglob("*")) if p.is_file() and p.stat().st_size > 100)
+    original = weights.read_bytes()
+    try:
+        weights.write_bytes(original[:-4] + bytes(4))
+        _, sampled = _run(root, params, monkeypatch, "j1")
+    finally:
+        weights.write_bytes(original)
+    assert len(sampled) == len(GENERATORS)
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_damaged_entry_is_computed_again(world, monkeypatch, damage):
     root, params = world
     _run(root, params, monkeypatch, "c0")
-    entries = sorted(p for p in (root / ".cache").iterdir() if p.is_dir())
-    (entries[0] / "images.npy").unlink()
+    entries = sorted(p for p in (root / ".cache").iterdir() if ENTRY.fullmatch(p.name))
+    images = entries[0] / "images.npy"
+    if damage == "missing":
+        images.unlink()
+    else:
+        images.write_bytes(images.read_bytes()[:200])
     _, sampled = _run(root, params, monkeypatch, "c1")
     assert len(sampled) == 1
-    assert (entries[0] / "images.npy").is_file()  # written again, whole
+    assert np.load(images).ndim == 4  # written again, whole
+    (root / ".cache" / "notes.txt").write_text("not an entry")
+    (root / ".cache" / ".0123.tmp-1-x").mkdir(exist_ok=True)
+    _run(root, params, monkeypatch, "c2")
+    assert (root / ".cache" / "notes.txt").is_file() and (root / ".cache" / ".0123.tmp-1-x").is_dir()

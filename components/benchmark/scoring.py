@@ -96,7 +96,7 @@ def benchmark(params: Params, bench_dir: Path, judges_dir: Path, reports: Path,
     reports.mkdir(parents=True, exist_ok=True)
     frames, timing, sampling = [], {}, {}
     store = ScoreCache(cache, bench_dir, judges_dir / cfg.judge_set,
-                       {"judges": params.judges.model_dump(), "per_subset": cfg.per_subset, "seed": cfg.seed}) \
+                       {"judges_params": params.judges.model_dump(), "per_subset": cfg.per_subset, "seed": cfg.seed}) \
         if cache is not None else None
     for name in generators or cfg.generators:
         t0 = time.perf_counter()

@@ -6,7 +6,10 @@ at the default size), and RMSNorm falls back from its fused kernel when input an
 in dtype (``docs/performance.md``). This processor is diffusers' ``FluxAttnProcessor`` with one
 change: on CPU, when the projections come out in a reduced precision, everything between them and
 the output projection (the q/k norms, RoPE, the attention product) runs in fp32, and the result is
-cast back. Elsewhere (fp32, or a GPU) it computes exactly what diffusers' does.
+cast back. Elsewhere (fp32, or a GPU) it computes what diffusers' does (checked to the bit in
+fp32, LoRA adapters included), for the way this project calls the transformer: no attention mask
+(a mask is passed to attention as given, not reshaped as diffusers' dispatch would), separate
+q/k/v projections (not ``fuse_qkv_projections``), diffusers' native attention backend.
 """
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ from torch import nn
 from transformers import AutoTokenizer, CLIPTextModel
 
 from .attention import Fp32CpuAttention
+from .sampling import PRECISIONS
 from .text import build_tokenizer, tiny_text_encoder, tokenize
 
 CONFIG_NAME = "generator_config.json"
@@ -308,9 +309,6 @@ class SubjectGenerator(nn.Module):
         if sde:
             out.update(log_probs=torch.stack(log_probs, 1), latents=torch.stack(latents, 1))
         return out
-
-
-PRECISIONS = ("fp32", "bf16")
 
 
 def autocast(device: torch.device, precision: str):

@@ -17,6 +17,7 @@ from pathlib import Path
 from .layout import arrange, check_layout
 
 FILE = "sampling.json"
+PRECISIONS = ("fp32", "bf16")  # of the transformer when sampling: fp32, or under bf16 autocast
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,6 @@ class SamplingSettings:
     precision: str = "fp32"  # fp32 | bf16: the transformer under bf16 autocast (models/generator.py)
 
     def __post_init__(self):
-        from .generator import PRECISIONS
-
         check_layout(self.reference_layout, f"{FILE}: ")
         if self.precision not in PRECISIONS:
             raise ValueError(f"{FILE}: precision must be one of {PRECISIONS}, not {self.precision!r}")
