@@ -22,7 +22,7 @@ import hashlib
 import json
 import re
 import shutil
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +73,7 @@ class ScoreCache:
             return None
         try:
             return pd.read_parquet(entry / "scores.parquet"), list(np.load(entry / "images.npy"))
-        except Exception as e:  # a partial or damaged entry: recompute it
+        except (OSError, ValueError, EOFError) as e:  # a partial or damaged entry (pyarrow's errors are ValueErrors)
             print(f"evaluate: cache entry {key} unreadable ({type(e).__name__}: {e}); computing it again", flush=True)
             shutil.rmtree(entry, ignore_errors=True)
             return None
@@ -96,5 +96,5 @@ class ScoreCache:
 def _version(name: str) -> str | None:
     try:
         return version(name)
-    except Exception:  # not installed
+    except PackageNotFoundError:
         return None

@@ -38,13 +38,13 @@ class SamplingSettings:
         (Path(folder) / FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
-    def load(cls, folder: str | Path) -> "SamplingSettings":
+    def load(cls, folder: str | Path) -> SamplingSettings:
         """What ``folder`` records (the plain defaults when it records nothing)."""
         path = Path(folder) / FILE
         return cls(**json.loads(path.read_text())) if path.is_file() else cls()
 
     def override(self, steps: int | None = None, guidance: float | None = None,
-                 precision: str | None = None) -> "SamplingSettings":
+                 precision: str | None = None) -> SamplingSettings:
         """These settings with a caller's explicit choices (None keeps the recorded one)."""
         return replace(self, steps=self.steps if steps is None else steps,
                        guidance=self.guidance if guidance is None else guidance,

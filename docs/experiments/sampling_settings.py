@@ -20,12 +20,12 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from components import world  # noqa: E402
-from components.benchmark import report  # noqa: E402
-from components.benchmark.generators import TrainedGenerator  # noqa: E402
-from components.benchmark.scoring import generate_all, load_bench, score  # noqa: E402
-from components.config import load_params  # noqa: E402
-from components.judging.sets import load_judge_set  # noqa: E402
+from components import world
+from components.benchmark import report
+from components.benchmark.generators import TrainedGenerator
+from components.benchmark.scoring import generate_all, load_bench, score
+from components.config import load_params
+from components.judging.sets import load_judge_set
 
 
 def main() -> None:

@@ -25,13 +25,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "perf"))
 
-from diffusers.models.transformers.transformer_flux import FluxAttnProcessor  # noqa: E402
-from mfu import _batch, _rows  # noqa: E402
+from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+from mfu import _batch, _rows
 
-from components.config import load_params  # noqa: E402
-from components.models.generator import SubjectGenerator  # noqa: E402
-from components.objectives import FlowMatching  # noqa: E402
-from components.training.fit import build_generator  # noqa: E402
+from components.config import load_params
+from components.models.generator import SubjectGenerator
+from components.objectives import FlowMatching
+from components.training.fit import build_generator
 
 
 def _model(params, diffusers_attention: bool):
