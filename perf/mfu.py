@@ -111,7 +111,7 @@ def sampling(params, refs: int, images: int) -> tuple[float, float]:
     model = build_generator(params.generator, params.synthesize.resolution, seed=0).eval()
     samples, ref_imgs = _rows(images, refs, seed=1)
     prompts = [s.prompt for s in samples]
-    kw = dict(steps=params.generator.sample_steps, guidance=params.generator.guidance)
+    kw = {"steps": params.generator.sample_steps, "guidance": params.generator.guidance}
     if hasattr(params.generator, "sample_precision"):  # not before the bf16 sampler existed
         kw["precision"] = params.generator.sample_precision
     model.sample(prompts[:4], ref_imgs[:4], **kw)  # warm-up
