@@ -47,7 +47,7 @@ def project(judge_world, tmp_path_factory):
         mp.setenv(RECORD_ENV, str(root / "evaluate-record.json"))
         code = evaluate.main(["--params", str(root / "params.yaml"), "--bench", str(data / "bench"), "--judges",
                               str(root / "models" / "judges"), "--models", str(root / "models"),
-                              "--reports", str(root / "reports" / "evaluate"),
+                              "--reports", str(root / "reports" / "evaluate"), "--cache", str(root / ".cache" / "evaluate"),
                               "--metrics", str(root / "metrics" / "evaluate.json")])
         assert code == 0
     return root, data
