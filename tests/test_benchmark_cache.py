@@ -13,13 +13,13 @@ from components.models.generator import SubjectGenerator
 from components.models.sampling import SamplingSettings
 from components.pipeline.project import default_params
 from tests.conftest import TINY, TINY_JUDGES
+from tests.test_pretrain import SMALL_GEN
 
 GENERATORS = ["oracle", "noise", "pretrain", "sft"]
-SMALL = {"width": 32, "double_blocks": 1, "single_blocks": 1, "heads": 2, "text_hidden": 16, "text_layers": 1}
 
 
 def _save_generator(folder, seed: int) -> None:
-    SubjectGenerator.tiny(seed=seed, **SMALL).save_pretrained(folder)
+    SubjectGenerator.tiny(seed=seed, **SMALL_GEN).save_pretrained(folder)
     SamplingSettings(steps=2, guidance=2.0).save(folder)
 
 
