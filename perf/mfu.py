@@ -6,9 +6,9 @@
 In one run, on this machine:
 1. the matmul peak, fp32 and bf16 (square matmuls, best of several, on torch's threads);
 2. a training step of the default generator as the pipeline configures it (params.yaml: the
-   architecture, ``training.batch_size``, ``training.mixed_precision``, the shared Trainer with the
-   flow-matching objective), for pretrain's batches (1 reference) and SFT's largest (4
-   references);
+   architecture, ``training.batch_size``, ``training.mixed_precision``, the stage's ``compile``,
+   the shared Trainer with the flow-matching objective), for pretrain's batches (1 reference) and
+   SFT's largest (4 references); a compiled step is timed after its compilation;
 3. sampling as the pipeline samples (``generator.sample_steps`` steps, CFG ``generator.guidance``):
    a batch of ``--sample-images`` 1-reference images (``multisubject``'s redraws) and 4-reference
    images (the benchmark's Four subset).
@@ -85,28 +85,37 @@ def _batch(n: int, refs: int) -> FlowMatchingBatch:
 
 def training(params, refs: int, steps: int, rounds: int) -> tuple[float, float]:
     """(samples/s, FLOPs per sample) of the pipeline's training step on batches with ``refs``
-    references: the best of ``rounds`` rounds of ``steps`` steps."""
+    references: the best of ``rounds`` rounds of ``steps`` steps. FLOPs are counted on an eager
+    step (a compiled graph does not dispatch the aten ops the counter sees)."""
     cfg = params.train_config("pretrain" if refs == 1 else "sft")
-    model = build_generator(params.generator, params.synthesize.resolution, seed=0)
     batch = _batch(cfg.batch_size, refs)
     objective = FlowMatching(drop_text=cfg.drop_text, drop_refs=cfg.drop_refs, drop_both=cfg.drop_both,
                              subject_weight=cfg.subject_weight)
-    loop = LoopConfig(steps=10 ** 6, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
-                      grad_accum=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
-                      max_grad_norm=cfg.max_grad_norm, ema_decay=cfg.ema_decay, log_every=10 ** 6)
+
+    def trainer(tmp: str, compiled: bool) -> Trainer:
+        loop = LoopConfig(steps=10 ** 6, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+                          grad_accum=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
+                          max_grad_norm=cfg.max_grad_norm, ema_decay=cfg.ema_decay, log_every=10 ** 6,
+                          **({"compile": True} if compiled else {}))
+        model = build_generator(params.generator, params.synthesize.resolution, seed=0)
+        t = Trainer(model, objective, loop, tmp, make_batch=lambda rng, gen: batch)
+        t.module.train()
+        return t
+
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model, objective, loop, tmp, make_batch=lambda rng, gen: batch)
-        trainer.module.train()
-        for _ in range(3):  # warm-up (and, when compiled, compilation)
-            trainer.step()
+        counting = trainer(tmp + "/count", compiled=False)
+        counting.step()
         with FlopCounterMode(display=False) as counter:
-            trainer.step()
+            counting.step()
         flops = counter.get_total_flops() / (cfg.batch_size * cfg.grad_accum)
+        timed = trainer(tmp + "/timed", compiled=getattr(cfg, "compile", False))
+        for _ in range(3):  # warm-up (and, when compiled, compilation)
+            timed.step()
         seconds = float("inf")
         for _ in range(rounds):
             t0 = time.perf_counter()
             for _ in range(steps):
-                trainer.step()
+                timed.step()
             seconds = min(seconds, time.perf_counter() - t0)
     return steps * cfg.batch_size * cfg.grad_accum / seconds, flops
 
@@ -148,16 +157,18 @@ def main() -> None:
           f"{params.training.mixed_precision!r}, {params.generator.sample_steps} sampling steps, CFG "
           f"{params.generator.guidance}, sampling precision {getattr(params.generator, 'sample_precision', 'fp32')!r}")
     print(f"matmul peak: fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.0f} GFLOP/s")
-    print(f"{'work':<34} {'per s':>8} {'GFLOP/s':>8} {'/fp32 peak':>10} {'/bf16 peak':>10}")
+    print(f"{'work':<44} {'per s':>8} {'GFLOP/s':>8} {'/fp32 peak':>10} {'/bf16 peak':>10}")
 
     def line(name: str, rate: float, flops: float, unit: str) -> None:
         achieved = rate * flops / 1e9
-        print(f"{name:<34} {rate:>6.1f} {unit:<2}{achieved:>7.1f} {achieved / fp32:>10.2f} {achieved / bf16:>10.2f}",
+        print(f"{name:<44} {rate:>6.1f} {unit:<2}{achieved:>7.1f} {achieved / fp32:>10.2f} {achieved / bf16:>10.2f}",
               flush=True)
 
     for refs in (1, 4):
         rate, flops = training(params, refs, args.train_steps, args.rounds)
-        line(f"train step, {refs} ref(s), batch {params.training.batch_size}", rate, flops, "sa")
+        compiled = getattr(params.train_config("pretrain" if refs == 1 else "sft"), "compile", False)
+        line(f"train step, {refs} ref(s), batch {params.training.batch_size}{', compiled' if compiled else ''}",
+             rate, flops, "sa")
     for refs in (1, 4):
         rate, flops = sampling(params, refs, args.sample_images, args.rounds)
         line(f"sample, {refs} ref(s), batch {args.sample_images}", rate, flops, "im")

@@ -60,9 +60,11 @@ def tiny_params(**synth) -> dict:
 def set_training(params: dict, stage: str, **settings) -> dict:
     """Put flat training settings where params.yaml keeps them: the generator's sampling
     settings in ``generator``, a stage's own (steps, lr, ema_decay, checkpoint_every,
-    sample_every, ref_count_probs) in its section, the rest in the shared ``training``."""
+    sample_every, ref_count_probs, compile: off unless given) in its section, the rest in the shared
+    ``training``."""
     from components.config import SftParams
 
+    settings.setdefault("compile", False)  # tiny runs: a compilation would cost more than the run
     for key, value in settings.items():
         section = "generator" if key in ("sample_steps", "guidance", "sample_precision") else stage if key in SftParams.model_fields \
             else "training"

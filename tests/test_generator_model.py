@@ -175,6 +175,26 @@ def test_attention_processor_matches_diffusers_and_keeps_bf16_attention_in_fp32(
     assert seen and set(seen) == {torch.float32}
 
 
+def test_complex_rope_is_diffusers_rope():
+    """models/attention.py's RoPE (one complex product) gives diffusers' apply_rotary_emb to the
+    bit in the forward and the same gradient up to rounding, on FLUX's own position embedding."""
+    from diffusers.models.embeddings import apply_rotary_emb
+    from diffusers.models.transformers.transformer_flux import FluxPosEmbed
+
+    from components.models.attention import rotary, rotation_of
+
+    freqs = FluxPosEmbed(theta=10000, axes_dim=[8, 12, 12])(torch.randint(0, 8, (40, 3)).float())
+    x = torch.randn(3, 40, 2, 32, requires_grad=True)
+    theirs = apply_rotary_emb(x, freqs, sequence_dim=1)
+    ours = rotary(x, rotation_of(freqs))
+    assert torch.equal(ours, theirs)
+    grad = torch.randn_like(ours)
+    (g_theirs,) = torch.autograd.grad(theirs, x, grad)
+    (g_ours,) = torch.autograd.grad(ours, x, grad)
+    assert torch.allclose(g_ours, g_theirs, atol=1e-6)
+    assert not torch.equal(rotary(x, rotation_of(freqs).roll(1, 0)), theirs)  # the positions are used
+
+
 def test_bf16_sampling_draws_nearly_the_fp32_images(batch):
     """precision="bf16" changes the arithmetic, not the sampler: same seed, nearly the same images."""
     _, prompts, refs = batch

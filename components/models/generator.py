@@ -120,7 +120,7 @@ class SubjectGenerator(nn.Module):
     @classmethod
     def tiny(cls, config: GeneratorConfig | None = None, width: int = 128, double_blocks: int = 2,
              single_blocks: int = 4, heads: int = 4, text_hidden: int = 64, text_layers: int = 2,
-             seed: int = 0, vae: AutoencoderKL | None = None) -> "SubjectGenerator":
+             text_tokens: int = 32, seed: int = 0, vae: AutoencoderKL | None = None) -> "SubjectGenerator":
         """A freshly initialised generator sized for the world (about 2.3M transformer
         parameters at the defaults); with ``vae`` it works in that autoencoder's latent space."""
         config = config or GeneratorConfig()
@@ -129,7 +129,7 @@ class SubjectGenerator(nn.Module):
             config = replace(config, latent_channels=vae.config.latent_channels, latent_factor=factor)
         head_dim = width // heads
         rope = (head_dim - 2 * (head_dim * 3 // 8), head_dim * 3 // 8, head_dim * 3 // 8)
-        tokenizer = build_tokenizer()
+        tokenizer = build_tokenizer(max_length=text_tokens)
         text = tiny_text_encoder(tokenizer, hidden=text_hidden, layers=text_layers, seed=seed)
         torch.manual_seed(seed)
         transformer = FluxTransformer2DModel(

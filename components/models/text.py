@@ -9,6 +9,7 @@ uses the FLUX pipeline's own tokenizers and encoders instead.
 """
 from __future__ import annotations
 
+import logging
 import re
 
 import numpy as np
@@ -18,6 +19,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 from .. import world
 from ..world import backgrounds, shapes
 from ..world.scenes import RELATIONS
+
+log = logging.getLogger(__name__)
 
 PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
 SPECIALS = (PAD, UNK, BOS, EOS)
@@ -48,7 +51,7 @@ def world_vocabulary() -> list[str]:
     return sorted(vocab)
 
 
-def build_tokenizer(vocab: list[str] | None = None, max_length: int = 48) -> PreTrainedTokenizerFast:
+def build_tokenizer(vocab: list[str] | None = None, max_length: int = 32) -> PreTrainedTokenizerFast:
     """A word-level ``PreTrainedTokenizerFast`` over ``vocab`` (default: the world's), adding
     [BOS] ... [EOS], padding to ``max_length``. It saves and loads like any transformers
     tokenizer (``save_pretrained`` / ``AutoTokenizer.from_pretrained``)."""
@@ -65,9 +68,17 @@ def build_tokenizer(vocab: list[str] | None = None, max_length: int = 48) -> Pre
 
 
 def tokenize(tokenizer, prompts: list[str]):
-    """Token ids and attention mask (``(B, max_length)`` tensors) of lower-cased ``prompts``."""
-    return tokenizer([p.lower() for p in prompts], padding="max_length", truncation=True,
-                     max_length=tokenizer.model_max_length, return_tensors="pt")
+    """Token ids and attention mask (``(B, max_length)`` tensors) of lower-cased ``prompts``; a
+    prompt longer than the tokenizer's ``model_max_length`` is cut, with a warning."""
+    enc = tokenizer([p.lower() for p in prompts], padding="max_length", truncation=True,
+                    max_length=tokenizer.model_max_length, return_tensors="pt")
+    if int(enc.attention_mask.sum(1).max()) == tokenizer.model_max_length:  # full: maybe cut
+        long = [p for p, n in zip(prompts, tokenizer([p.lower() for p in prompts]).input_ids)
+                if len(n) > tokenizer.model_max_length]
+        if long:
+            log.warning("%d prompt(s) longer than the %d tokens the text encoder reads were cut, e.g. %r",
+                        len(long), tokenizer.model_max_length, long[0])
+    return enc
 
 
 def tiny_text_encoder(tokenizer, hidden: int = 64, layers: int = 2, heads: int = 2, seed: int = 0) -> CLIPTextModel:

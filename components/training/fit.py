@@ -79,7 +79,8 @@ def build_generator(gen: GeneratorParams, resolution: int, seed: int) -> Subject
         return from_flux(gen.pretrained, resolution, gen.lora_rank, seed=seed)
     return SubjectGenerator.tiny(GeneratorConfig(resolution=resolution, patch=gen.patch, prediction=gen.prediction), width=gen.width,
                                  double_blocks=gen.double_blocks, single_blocks=gen.single_blocks, heads=gen.heads,
-                                 text_hidden=gen.text_hidden, text_layers=gen.text_layers, seed=seed)
+                                 text_hidden=gen.text_hidden, text_layers=gen.text_layers,
+                                 text_tokens=gen.text_tokens, seed=seed)
 
 
 def fingerprint(*parts) -> str:
@@ -200,7 +201,8 @@ def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainCo
     loop = LoopConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
                       weight_decay=cfg.weight_decay, grad_accum=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
                       max_grad_norm=cfg.max_grad_norm, ema_decay=cfg.ema_decay, checkpoint_every=cfg.checkpoint_every,
-                      log_every=cfg.log_every, sample_every=cfg.sample_every, seed=cfg.seed)
+                      log_every=cfg.log_every, sample_every=cfg.sample_every, seed=cfg.seed,
+                      compile=cfg.compile)
     result = Trainer(model, objective, loop, checkpoints, make_batch=make_batch, on_log=on_log,
                      on_sample=on_sample).run()
     final = result.model

@@ -60,6 +60,7 @@ class LoopConfig:
     log_every: int = 10
     sample_every: int = 0
     seed: int = 0
+    compile: bool = False  # torch.compile the trained network (see Trainer)
 
 
 @dataclass
@@ -70,6 +71,18 @@ class LoopResult:
     step: int = 0
     resumed_from: int | None = None
     seconds: float = 0.0  # training time of the whole run, before and after any resume
+
+
+def compile_network(model: torch.nn.Module) -> None:
+    """``torch.compile`` in place the network that does the work: a generator's ``transformer``,
+    else the model itself. In place (``Module.compile``), so parameter names, state dicts and
+    checkpoints are those of the eager model. Inductor fuses the element-wise work around the
+    matmuls (norms, modulation, RoPE, casts) that dominates a step of the tiny default generator on
+    CPU; it compiles once per input shape (40-90 s on 2 cores, cached on disk for later runs), so it
+    pays for itself on a long run of one shape (pretrain), not on a few hundred steps over four
+    (sft): docs/performance.md. A compiled network called without gradients (rollouts) compiles
+    once more."""
+    getattr(model, "transformer", model).compile()
 
 
 class EMA:
@@ -214,12 +227,16 @@ class Trainer:
                                                     mixed_precision=cfg.mixed_precision)
         set_seed(cfg.seed)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # fused: one kernel over all parameters (on CPU 4x faster than the per-tensor loop, ~6% of a
+        # default training step; the same update up to rounding)
+        opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         # The scheduler is stepped here, once per optimizer step, not through accelerate (which
         # would step it once per process).
         self.sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule(cfg))
         self.module, self.opt = acc.prepare(TrainModule(model, objective), opt)
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay else None
+        if cfg.compile:  # after the EMA copy: the shadow (sample grids, the saved model) stays eager
+            compile_network(self.model)
         self.progress = _Progress()
         source = make_batch or collect
         stateful = getattr(source, "state_dict", None) and getattr(source, "load_state_dict", None)
