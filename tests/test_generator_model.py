@@ -46,6 +46,25 @@ def test_world_prompts_tokenize_without_unknown_words():
     assert "cat" in world_vocabulary() and "beach" in world_vocabulary()
 
 
+def test_every_world_prompt_fits_the_text_encoder():
+    """generator.text_tokens (32): no prompt of any task, single-subject or standardization pair
+    is cut; a longer prompt is, with a warning, and keeps its [EOS] (what the pooled text reads)."""
+    from components.config import GeneratorParams
+
+    tok = build_tokenizer(max_length=GeneratorParams().text_tokens)
+    rng = np.random.default_rng(2)
+    pool = world.identity_pool("train", 0.1, "subjectflow-v1")
+    prompts = [world.sample_task(rng, t, pool).prompt for t in world.TASKS for _ in range(300)]
+    prompts += [world.sample_single(rng, pool).prompt for _ in range(300)]
+    prompts += [world.sample_standardize(rng, pool, 0.5).prompt for _ in range(300)]
+    ids = tokenize(tok, prompts).input_ids
+    assert ((ids == tok.eos_token_id).sum(1) == 1).all()
+    assert (ids[:, -1] == tok.pad_token_id).all()  # a free token left at the end: 29 of 32 used at most
+    with pytest.warns(UserWarning, match="cut"):
+        long = tokenize(tok, [" ".join(["cat"] * 40)]).input_ids
+    assert long.shape[1] == 32 and long[0, -1] == tok.eos_token_id
+
+
 def test_tokenizer_saves_as_a_real_transformers_tokenizer(tmp_path):
     tok = build_tokenizer()
     tok.save_pretrained(tmp_path)

@@ -206,3 +206,55 @@ def test_two_processes_killed_on_policy_resume_each_ranks_own_state(tmp_path):
         assert resumed["resumed_from"] == 2
         assert [h["local_loss"] for h in resumed["history"]] == [h["local_loss"] for h in uninterrupted["history"]]
         assert _same(_weights(out, rank)["raw"], _weights(whole, rank)["raw"])
+
+
+@pytest.mark.slow
+def test_compiled_training_is_the_eager_training(tmp_path):
+    """``LoopConfig.compile`` (pretrain's default): the transformer compiled in place trains to the
+    eager run's losses up to rounding, keeps the eager parameter names (its checkpoint resumes an
+    eager trainer), draws its sample grids and hands back its models without compiling anything
+    more, and the model it returns is eager. Slow: one compilation of the tiny generator's forward
+    and backward."""
+    from torch._dynamo.utils import counters
+
+    from components import world
+    from components.models.generator import SubjectGenerator
+    from components.objectives import FlowMatching, FlowMatchingBatch
+    from components.training import Trainer
+
+    rng = np.random.default_rng(0)
+    pool = world.identity_pool("train", 0.1, "subjectflow-v1")
+    samples = [world.sample_single(rng, pool) for _ in range(4)]
+    rendered = [world.render(s.target) for s in samples]
+    refs = [[world.render(s.refs[0]).image] for s in samples]
+    batch = FlowMatchingBatch(np.stack([r.image for r in rendered]), [s.prompt for s in samples], refs,
+                              np.stack([r.labels for r in rendered]))
+    drawn = []
+
+    def on_sample(model, step):  # a sample grid: other shapes, no gradients
+        drawn.append(model.sample([s.prompt for s in samples[:2]], refs[:2], steps=2, seed=0)["images"])
+
+    def trainer(out: Path, compiled: bool, ema: float | None = 0.9) -> Trainer:
+        model = SubjectGenerator.tiny(width=32, heads=2, double_blocks=1, single_blocks=1, text_hidden=16, text_layers=1)
+        loop = LoopConfig(steps=3, batch_size=4, lr=1e-3, ema_decay=ema, log_every=1, sample_every=2, compile=compiled)
+        return Trainer(model, FlowMatching(0.1, 0.05, 0.05, 5.0), loop, out, make_batch=lambda r, g: batch,
+                       on_sample=on_sample)
+
+    eager = trainer(tmp_path / "eager", False).run()
+    compiled = trainer(tmp_path / "compiled", True)
+    graphs = counters["stats"]["unique_graphs"]
+    done = compiled.run()
+    assert counters["stats"]["unique_graphs"] > graphs  # it did compile (the training step)
+    assert [h["loss"] for h in done.history] == pytest.approx([h["loss"] for h in eager.history], rel=1e-4)
+    assert done.raw_model.transformer._compiled_call_impl is None  # handed back eager
+    assert list(done.raw_model.state_dict()) == list(eager.raw_model.state_dict())
+    resumed = trainer(tmp_path / "compiled", False)  # its final checkpoint into an eager trainer
+    resumed.acc.load_state(str(latest_checkpoint(tmp_path / "compiled")))
+    assert resumed.progress.step == 3 and _same(resumed.model.state_dict(), done.raw_model.state_dict())
+    # Without EMA the grids are drawn from the compiled weights themselves: eagerly, nothing compiled.
+    no_ema = trainer(tmp_path / "no-ema", True, ema=None)
+    no_ema.step()  # compiles the training step
+    graphs = counters["stats"]["unique_graphs"]
+    no_ema.step()  # trains, then draws the grid of step 2
+    assert counters["stats"]["unique_graphs"] == graphs and len(drawn) == 3
+    assert no_ema.model.transformer._compiled_call_impl is not None  # compiled again after the grid

@@ -19,7 +19,7 @@ from ..data.grids import grid, load_rgb
 from ..data.manifest import read_manifest
 from ..io import folder_hash
 from ..judging.base import JudgeSet
-from ..judging.rewards import make_reward
+from ..judging.rewards import make_reward, remember_references
 from ..judging.sets import load_judge_set
 from ..models.sampling import SamplingSettings
 from ..pipeline.stage import TIMINGS
@@ -98,6 +98,7 @@ def benchmark(params: Params, bench_dir: Path, judges_dir: Path, reports: Path,
     store = ScoreCache(cache, bench_dir, judges_dir / cfg.judge_set,
                        {"judges_params": params.judges.model_dump(), "per_subset": cfg.per_subset, "seed": cfg.seed}) \
         if cache is not None else None
+    remembered = False
     for name in generators or cfg.generators:
         t0 = time.perf_counter()
         reference = name in available()
@@ -114,6 +115,9 @@ def benchmark(params: Params, bench_dir: Path, judges_dir: Path, reports: Path,
                   flush=True)
             timing[name] = {"generate_seconds": 0.0, "score_seconds": 0.0, "cached": 1}
         else:
+            if not remembered:  # before the first generator scored, whichever it is: see remember_references
+                remember_references(judges, [r.meta for r in rows], params.judges.crop_size)
+                remembered = True
             gen = make_generator(name, models=models, **kwargs)
             images = generate_all(gen, rows, side, cfg.seed)
             t1 = time.perf_counter()

@@ -77,6 +77,19 @@ def _ground_subjects(judges: JudgeSet, images, meta):
     return _ground_outputs(judges, images, meta), _ground(judges, [list(m["refs"]) for m in meta], cats)
 
 
+def remember_references(judges: JudgeSet, meta, crop_size: int = 32) -> None:
+    """Ground and embed every subject's reference once, in one fixed pass. With judges that
+    remember (``memo.py``, what ``load_judge_set`` gives), whatever is scored afterwards reads
+    the references from memory. Called before a benchmark scores its first generator, it keeps a
+    generator's scores independent of which generators were scored before it in the process
+    (batched CPU kernels round differently for other batch sizes, in the last bits)."""
+    per_ref = _ground(judges, [list(m["refs"]) for m in meta], [list(m["categories"]) for m in meta])
+    crops = [crop_subject(m["refs"][k], g.box, crop_size) for m, found in zip(meta, per_ref)
+             for k, g in enumerate(found) if g.found]
+    if crops:
+        judges.encoder.embed(crops)
+
+
 def _subject_embeddings(judges: JudgeSet, images, meta, crop_size: int):
     """Embeddings of every grounded subject crop in the outputs and in the references, with
     None where the grounder found nothing."""

@@ -5,11 +5,13 @@ from pathlib import Path
 
 from ..config import JudgesParams
 from .base import JudgeSet
+from .memo import MemoEncoder, MemoGrounder
 
 
 def load_judge_set(folder: str | Path, cfg: JudgesParams) -> JudgeSet:
     """The judges saved in ``folder`` (encoder/, grounder/, semantic/, aesthetic/); the encoder
-    and grounder are replaced by pretrained models when params name them."""
+    and grounder are replaced by pretrained models when params name them. The encoder and the
+    grounder remember their answers (``memo.py``): nothing is grounded or embedded twice."""
     from .aesthetic import WorldAestheticJudge
     from .encoder import WorldEncoder
     from .grounding import WorldGrounder
@@ -21,5 +23,5 @@ def load_judge_set(folder: str | Path, cfg: JudgesParams) -> JudgeSet:
     encoder = adapters.load_encoder(cfg.encoder_model) if cfg.encoder_model else WorldEncoder.load(folder / "encoder")
     grounder = (adapters.load_grounder(cfg.grounder_model) if cfg.grounder_model
                 else WorldGrounder.load(folder / "grounder"))
-    return JudgeSet(encoder, grounder, WorldSemanticJudge.load(folder / "semantic"),
+    return JudgeSet(MemoEncoder(encoder), MemoGrounder(grounder), WorldSemanticJudge.load(folder / "semantic"),
                     WorldAestheticJudge.load(folder / "aesthetic"))

@@ -9,8 +9,8 @@ uses the FLUX pipeline's own tokenizers and encoders instead.
 """
 from __future__ import annotations
 
-import logging
 import re
+import warnings
 
 import numpy as np
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
@@ -19,8 +19,6 @@ from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 from .. import world
 from ..world import backgrounds, shapes
 from ..world.scenes import RELATIONS
-
-log = logging.getLogger(__name__)
 
 PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
 SPECIALS = (PAD, UNK, BOS, EOS)
@@ -73,11 +71,11 @@ def tokenize(tokenizer, prompts: list[str]):
     enc = tokenizer([p.lower() for p in prompts], padding="max_length", truncation=True,
                     max_length=tokenizer.model_max_length, return_tensors="pt")
     if int(enc.attention_mask.sum(1).max()) == tokenizer.model_max_length:  # full: maybe cut
-        long = [p for p, n in zip(prompts, tokenizer([p.lower() for p in prompts]).input_ids)
-                if len(n) > tokenizer.model_max_length]
-        if long:
-            log.warning("%d prompt(s) longer than the %d tokens the text encoder reads were cut, e.g. %r",
-                        len(long), tokenizer.model_max_length, long[0])
+        room = tokenizer.model_max_length - tokenizer.num_special_tokens_to_add()
+        long = [p for p in prompts if len(tokenizer.tokenize(p.lower())) > room]
+        if long:  # warned once per process (warnings' default filter), not at every training step
+            warnings.warn(f"{len(long)} prompt(s) longer than the {tokenizer.model_max_length} tokens the text "
+                          f"encoder reads were cut, e.g. {long[0]!r}", stacklevel=2)
     return enc
 
 

@@ -202,7 +202,7 @@ def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainCo
                       weight_decay=cfg.weight_decay, grad_accum=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
                       max_grad_norm=cfg.max_grad_norm, ema_decay=cfg.ema_decay, checkpoint_every=cfg.checkpoint_every,
                       log_every=cfg.log_every, sample_every=cfg.sample_every, seed=cfg.seed,
-                      compile=cfg.compile)
+                      compile=cfg.compile and not model.config.base)  # real profile (LoRA): not tried compiled
     result = Trainer(model, objective, loop, checkpoints, make_batch=make_batch, on_log=on_log,
                      on_sample=on_sample).run()
     final = result.model
@@ -246,7 +246,8 @@ def run_fit(stage: str, params: Params, dataset_dir: Path, out: Path, reports: P
         data = concat_pairs(data, load_pairs(replay))
     model = SubjectGenerator.from_pretrained(init) if init else \
         build_generator(params.generator, params.synthesize.resolution, cfg.seed)
-    fp = fingerprint(stage, cfg.model_dump(), params.generator.model_dump(), data_digest(dataset_dir),
+    # compile is left out: a speed setting (a compiled run's checkpoint resumes an eager run and back)
+    fp = fingerprint(stage, cfg.model_dump(exclude={"compile"}), params.generator.model_dump(), data_digest(dataset_dir),
                      data_digest(replay) if replay is not None else None, folder_hash(init) if init else None)
     checkpoints = Path(checkpoints) / f"{stage}-{fp}"
     if process_state().is_main_process:  # another fingerprint's checkpoints: a parameter set abandoned

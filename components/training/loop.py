@@ -27,7 +27,7 @@ import copy
 import math
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -82,7 +82,22 @@ def compile_network(model: torch.nn.Module) -> None:
     pays for itself on a long run of one shape (pretrain), not on a few hundred steps over four
     (sft): docs/performance.md. A compiled network called without gradients (rollouts) compiles
     once more."""
+    # A machine without the C++ toolchain inductor needs trains eagerly (dynamo warns), not at all
+    torch._dynamo.config.suppress_errors = True
     getattr(model, "transformer", model).compile()
+
+
+@contextmanager
+def eager(model: torch.nn.Module):
+    """``model`` without its in-place compilation for the duration (sampling, rollouts: other
+    shapes and no gradients would each compile anew), compiled again after."""
+    net = getattr(model, "transformer", model)
+    compiled = net._compiled_call_impl
+    net._compiled_call_impl = None
+    try:
+        yield model
+    finally:
+        net._compiled_call_impl = compiled
 
 
 class EMA:
@@ -269,6 +284,7 @@ class Trainer:
         self.checkpoint()
         self.acc.wait_for_everyone()
         raw = self.model.eval()
+        getattr(raw, "transformer", raw)._compiled_call_impl = None  # what the caller gets is eager
         return LoopResult(self.ema.shadow if self.ema else raw, raw, self.history, self.progress.step,
                           resumed_from, self.progress.seconds)
 
@@ -289,7 +305,8 @@ class Trainer:
         # Samples before the checkpoint: a run killed between the two resumes from the previous
         # checkpoint and draws this step's samples again, instead of never drawing them.
         if self.on_sample and cfg.sample_every and done % cfg.sample_every == 0 and self.acc.is_main_process:
-            self.on_sample(self.ema.shadow if self.ema else self.model, done)
+            with eager(self.model):  # the EMA shadow is eager anyway
+                self.on_sample(self.ema.shadow if self.ema else self.model, done)
             self.module.train()
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             self.checkpoint()
@@ -310,7 +327,7 @@ class Trainer:
         rng, gen = collect_randomness(self.cfg.seed, self.acc.process_index, self.progress.step)
         model = self.model
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), eager(model):
             batches = list(self.collect(model, rng, gen))
         self.module.train()
         if not batches or len(batches) * self.cfg.inner_epochs % self.cfg.grad_accum:
