@@ -1,6 +1,6 @@
 """Model FLOP utilisation: the machine's matmul peak and what training and sampling achieve of it.
 
-    python perf/mfu.py [--train-steps 8] [--sample-images 64] [--rounds 3] [--threads N]
+    python perf/mfu.py [--train-steps 8] [--sample-images 64] [--rounds 3] [--threads N] [--no-pipeline]
     PYTHONPATH=<checkout of another commit> python perf/mfu.py    # the same on that commit's code
 
 In one run, on this machine:
@@ -8,7 +8,10 @@ In one run, on this machine:
 2. a training step of the default generator as the pipeline configures it (params.yaml: the
    architecture, ``training.batch_size``, ``training.mixed_precision``, the stage's ``compile``,
    the shared Trainer with the flow-matching objective), for pretrain's batches (1 reference) and
-   SFT's largest (4 references); a compiled step is timed after its compilation;
+   SFT's largest (4 references); a compiled step is timed after its compilation; then (unless
+   ``--no-pipeline``) SFT's other reference counts and the seconds the pipeline's whole training
+   takes at these rates (pretrain's and sft's steps, sft's reference mix, the compilation): the
+   time per trained sample the issue-21 goal (2x) is about;
 3. sampling as the pipeline samples (``generator.sample_steps`` steps, CFG ``generator.guidance``):
    a batch of ``--sample-images`` 1-reference images (``multisubject``'s redraws) and 4-reference
    images (the benchmark's Four subset).
@@ -83,11 +86,12 @@ def _batch(n: int, refs: int) -> FlowMatchingBatch:
                              np.stack([r.labels for r in rendered]))
 
 
-def training(params, refs: int, steps: int, rounds: int) -> tuple[float, float]:
-    """(samples/s, FLOPs per sample) of the pipeline's training step on batches with ``refs``
-    references: the best of ``rounds`` rounds of ``steps`` steps. FLOPs are counted on an eager
-    step (a compiled graph does not dispatch the aten ops the counter sees)."""
-    cfg = params.train_config("pretrain" if refs == 1 else "sft")
+def training(params, stage: str, refs: int, steps: int, rounds: int) -> tuple[float, float, float]:
+    """(samples/s, FLOPs per sample, seconds of compilation) of ``stage``'s training step on
+    batches with ``refs`` references: the best of ``rounds`` rounds of ``steps`` steps. FLOPs are
+    counted on an eager step (a compiled graph does not dispatch the aten ops the counter sees);
+    the compilation is what the three warm-up steps took beyond three timed steps."""
+    cfg = params.train_config(stage)
     batch = _batch(cfg.batch_size, refs)
     objective = FlowMatching(drop_text=cfg.drop_text, drop_refs=cfg.drop_refs, drop_both=cfg.drop_both,
                              subject_weight=cfg.subject_weight)
@@ -109,15 +113,18 @@ def training(params, refs: int, steps: int, rounds: int) -> tuple[float, float]:
             counting.step()
         flops = counter.get_total_flops() / (cfg.batch_size * cfg.grad_accum)
         timed = trainer(tmp + "/timed", compiled=getattr(cfg, "compile", False))
+        t0 = time.perf_counter()
         for _ in range(3):  # warm-up (and, when compiled, compilation)
             timed.step()
+        warm = time.perf_counter() - t0
         seconds = float("inf")
         for _ in range(rounds):
             t0 = time.perf_counter()
             for _ in range(steps):
                 timed.step()
             seconds = min(seconds, time.perf_counter() - t0)
-    return steps * cfg.batch_size * cfg.grad_accum / seconds, flops
+    rate = steps * cfg.batch_size * cfg.grad_accum / seconds
+    return rate, flops, max(warm - 3 * seconds / steps, 0.0)
 
 
 def sampling(params, refs: int, images: int, rounds: int) -> tuple[float, float]:
@@ -141,12 +148,34 @@ def sampling(params, refs: int, images: int, rounds: int) -> tuple[float, float]
     return images / seconds, flops
 
 
+def pipeline_training(params, rates: dict, compile_seconds: float, args) -> None:
+    """The seconds the pipeline's training takes at the measured rates: pretrain's steps of one
+    reference and sft's steps over its reference counts (``sft.ref_count_probs``; the counts other
+    than 4 measured here), plus the compilation measured (one shape per compiled stage: a
+    compiled sft would compile more, so this is a lower bound for it), and so the seconds per
+    trained sample over the whole pipeline."""
+    probs = {int(k): v for k, v in params.sft.ref_count_probs.items() if v > 0}
+    for k in sorted(probs):
+        if ("sft", k) not in rates:
+            rates["sft", k] = training(params, "sft", k, args.train_steps, args.rounds)[0]
+            print(f"{f'train step, {k} ref(s), batch {params.training.batch_size} (sft)':<44} {rates['sft', k]:>6.1f} sa",
+                  flush=True)
+    pre, sft = params.train_config("pretrain"), params.train_config("sft")
+    n_pre, n_sft = pre.steps * pre.batch_size * pre.grad_accum, sft.steps * sft.batch_size * sft.grad_accum
+    total = sum(probs.values())
+    seconds = compile_seconds + n_pre / rates["pretrain", 1] + n_sft * sum(p / total / rates["sft", k]
+                                                                          for k, p in probs.items())
+    print(f"pipeline's training: pretrain {n_pre} samples (1 ref) + sft {n_sft} (refs {probs}): {seconds:.0f} s "
+          f"(warm-up and compilation {compile_seconds:.0f} s), {1e3 * seconds / (n_pre + n_sft):.2f} ms per sample", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-steps", type=int, default=8)
     ap.add_argument("--sample-images", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per line; the best is printed (noisy machines)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--no-pipeline", action="store_true", help="skip the pipeline's whole training (3 more lines)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -164,11 +193,15 @@ def main() -> None:
         print(f"{name:<44} {rate:>6.1f} {unit:<2}{achieved:>7.1f} {achieved / fp32:>10.2f} {achieved / bf16:>10.2f}",
               flush=True)
 
-    for refs in (1, 4):
-        rate, flops = training(params, refs, args.train_steps, args.rounds)
-        compiled = getattr(params.train_config("pretrain" if refs == 1 else "sft"), "compile", False)
+    rates, compile_seconds = {}, 0.0
+    for stage, refs in (("pretrain", 1), ("sft", 4)):
+        rates[stage, refs], flops, compiling = training(params, stage, refs, args.train_steps, args.rounds)
+        compile_seconds += compiling
+        compiled = getattr(params.train_config(stage), "compile", False)
         line(f"train step, {refs} ref(s), batch {params.training.batch_size}{', compiled' if compiled else ''}",
-             rate, flops, "sa")
+             rates[stage, refs], flops, "sa")
+    if not args.no_pipeline:
+        pipeline_training(params, rates, compile_seconds, args)
     for refs in (1, 4):
         rate, flops = sampling(params, refs, args.sample_images, args.rounds)
         line(f"sample, {refs} ref(s), batch {args.sample_images}", rate, flops, "im")

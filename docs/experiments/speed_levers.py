@@ -41,6 +41,19 @@ def _model(params, diffusers_attention: bool):
     return model
 
 
+def interleaved_best(names: list[str], step, rounds: int, reps: int) -> dict[str, float]:
+    """Seconds per ``step(name, i)`` of each variant: ``rounds`` rounds of ``reps`` calls, the
+    variants interleaved within a round (these machines drift), the best round of each."""
+    best = {name: float("inf") for name in names}
+    for _ in range(rounds):
+        for name in names:
+            t0 = time.perf_counter()
+            for i in range(reps):
+                step(name, i)
+            best[name] = min(best[name], (time.perf_counter() - t0) / reps)
+    return best
+
+
 def train(params, args) -> None:
     batch = _batch(args.batch, args.refs)
     objective = FlowMatching(0.1, 0.05, 0.05, params.training.subject_weight)
@@ -68,13 +81,7 @@ def train(params, args) -> None:
         step(name, 0), step(name, 1)
         if "compiled" in name:
             print(f"{name}: first two steps (compilation) {time.perf_counter() - t0:.1f} s")
-    best = {name: float("inf") for name in runs}
-    for _ in range(args.rounds):
-        for name in runs:
-            t0 = time.perf_counter()
-            for i in range(4):
-                step(name, i)
-            best[name] = min(best[name], (time.perf_counter() - t0) / 4)
+    best = interleaved_best(list(runs), step, args.rounds, 4)
     _print(best, args.batch, f"training step, batch {args.batch}, {args.refs} reference(s)", "samples/s")
 
 

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "perf"))
 
 from diffusers.models.embeddings import apply_rotary_emb
 from mfu import _batch
+from speed_levers import interleaved_best
 
 from components.config import load_params
 from components.models import attention
@@ -116,13 +117,7 @@ def interleaved(params, args, variants: dict[str, tuple]) -> None:
 
     for name in runs:
         step(name, 0), step(name, 1)
-    best = {name: float("inf") for name in runs}
-    for _ in range(args.rounds):
-        for name in runs:
-            t0 = time.perf_counter()
-            for i in range(5):
-                step(name, i)
-            best[name] = min(best[name], (time.perf_counter() - t0) / 5)
+    best = interleaved_best(list(runs), step, args.rounds, 5)
     first = next(iter(best.values()))
     print(f"training step, batch {args.batch}, {args.refs} reference(s), bf16; torch threads {torch.get_num_threads()}")
     for name, s in best.items():
