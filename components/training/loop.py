@@ -80,18 +80,22 @@ def compile_network(model: torch.nn.Module) -> None:
     matmuls (norms, modulation, RoPE, casts) that dominates a step of the tiny default generator on
     CPU; it compiles once per input shape (40-90 s on 2 cores, cached on disk for later runs), so it
     pays for itself on a long run of one shape (pretrain), not on a few hundred steps over four
-    (sft): docs/performance.md. A compiled network called without gradients (rollouts) compiles
-    once more."""
+    (sft): docs/performance.md. Sample grids and rollouts run it eagerly (``eager``)."""
     # A machine without the C++ toolchain inductor needs trains eagerly (dynamo warns), not at all
     torch._dynamo.config.suppress_errors = True
-    getattr(model, "transformer", model).compile()
+    _network(model).compile()
+
+
+def _network(model: torch.nn.Module) -> torch.nn.Module:
+    """What ``compile_network`` compiles: a generator's transformer, else the model."""
+    return getattr(model, "transformer", model)
 
 
 @contextmanager
 def eager(model: torch.nn.Module):
     """``model`` without its in-place compilation for the duration (sampling, rollouts: other
     shapes and no gradients would each compile anew), compiled again after."""
-    net = getattr(model, "transformer", model)
+    net = _network(model)
     compiled = net._compiled_call_impl
     net._compiled_call_impl = None
     try:
@@ -284,7 +288,7 @@ class Trainer:
         self.checkpoint()
         self.acc.wait_for_everyone()
         raw = self.model.eval()
-        getattr(raw, "transformer", raw)._compiled_call_impl = None  # what the caller gets is eager
+        _network(raw)._compiled_call_impl = None  # what the caller gets is eager
         return LoopResult(self.ema.shadow if self.ema else raw, raw, self.history, self.progress.step,
                           resumed_from, self.progress.seconds)
 
