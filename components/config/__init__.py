@@ -16,6 +16,7 @@ from .training import (
     GeneratorParams,
     MultisubjectParams,
     PretrainParams,
+    RLParams,
     SftParams,
     StageTrainingParams,
     TrainConfig,
@@ -23,7 +24,7 @@ from .training import (
 )
 
 __all__ = ["EvaluateParams", "GeneratorParams", "JudgesParams", "MultisubjectParams", "Params", "ParamsError",
-           "PipelineParams", "PretrainParams", "RegisterParams", "ResourcesParams", "Section", "SftParams",
+           "PipelineParams", "PretrainParams", "RegisterParams", "ResourcesParams", "RLParams", "Section", "SftParams",
            "StageTrainingParams", "SynthesizeParams", "TrainConfig", "TrainingParams", "ValidateParams",
            "check_resolvable", "known_tasks", "load_params", "section_dict"]
 
@@ -37,6 +38,7 @@ class Params(Section):
     pretrain: PretrainParams = PretrainParams()
     multisubject: MultisubjectParams = MultisubjectParams()
     sft: SftParams = SftParams()
+    rl: RLParams = RLParams()
     register_: RegisterParams = Field(RegisterParams(), alias="register")
     evaluate: EvaluateParams = EvaluateParams()
     resources: ResourcesParams = ResourcesParams()

@@ -9,6 +9,10 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 from ..world.scenes import N_SUBJECTS
 from .base import Section, known_tasks
 
+# The rewards an RL stage can weigh (judging/rewards.py's registry, less ``mix``, which is the
+# weighting itself; tests/test_rl.py checks the two agree): named here so that validating
+# params.yaml does not import the judges.
+RL_REWARDS = ("aesthetic", "confusion", "psr", "semantic")
 # Reference counts a training batch can have: 1 (data/single) or a PSR task's subject count.
 REF_COUNTS = sorted({1, *N_SUBJECTS.values()})
 
@@ -199,3 +203,82 @@ class SftParams(StageTrainingParams):
         if never:
             raise ValueError(f"no data holds pairs with {never} references; the counts are {REF_COUNTS}")
         return v
+
+
+class RLParams(Section):
+    """PSR's RL stage: Flow-GRPO on the SFT generator with the reward judges' rewards."""
+
+    seed: int = Field(0, description="Seed of the rollouts, the probe and the adapter's initial weights.")
+    steps: Annotated[int, Field(ge=1)] = Field(
+        60, description="Optimizer steps; an iteration (one collection) gives batches x inner_epochs / grad_accum of them.")
+    lr: Annotated[float, Field(gt=0)] = Field(1e-4, description="Peak learning rate (AdamW; constant after warm-up).")
+    warmup_steps: Annotated[int, Field(ge=0)] = Field(0, description="Linear warm-up steps.")
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        0.9, description="EMA of the policy, saved as the model and probed (None = off; warm-up: training.EMA).")
+    rewards: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        {"psr": 0.4, "semantic": 0.4, "aesthetic": 0.2},
+        description="Rewards (judging/rewards.py registry names) and their weights; PSR's mix by default.")
+    advantage: Literal["per_reward", "sum"] = Field(
+        "per_reward", description="per_reward: each reward normalised within its group, then weighted (the weights "
+                                  "mean what they say); sum: Flow-GRPO's weighted sum normalised within its group.")
+    group_size: Annotated[int, Field(ge=2)] = Field(6, description="G: samples per group (one prompt with its references).")
+    groups_per_batch: Annotated[int, Field(ge=1)] = Field(2, description="Groups in one training batch.")
+    batches: Annotated[int, Field(ge=1)] = Field(2, description="Training batches rolled out per iteration.")
+    grad_accum: Annotated[int, Field(ge=1)] = Field(1, description="Batches per optimizer step.")
+    inner_epochs: Annotated[int, Field(ge=1)] = Field(1, description="Passes over each iteration's rollouts.")
+    rollout_steps: Annotated[int, Field(ge=2)] = Field(
+        10, description="Sampler steps of a rollout (the benchmark samples with generator.sample_steps).")
+    window_size: Annotated[int, Field(ge=1)] = Field(2, description="SDE steps per rollout: the steps trained.")
+    window_range: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=1)]] = Field(
+        (0, 5), description="The window starts at a step drawn in [lo, hi) per iteration; ODE before and after it.")
+    eta: Annotated[float, Field(gt=0)] = Field(0.7, description="Noise level a of the SDE (Flow-GRPO's 0.7).")
+    clip_range: Annotated[float, Field(gt=0)] = Field(1e-3, description="PPO ratio clip epsilon.")
+    adv_clip: Annotated[float, Field(gt=0)] = Field(5.0, description="Advantages clipped to +-this.")
+    beta: Annotated[float, Field(ge=0)] = Field(0.01, description="KL weight (closed-form Gaussian KL to the SFT model).")
+    ref_count_probs: dict[Annotated[int, Field(ge=2)], Annotated[float, Field(ge=0)]] = Field(
+        {2: 0.3, 3: 0.35, 4: 0.35}, description="Probability that an iteration's groups have 2, 3 or 4 references.")
+    probe_rows: Annotated[int, Field(ge=1)] = Field(
+        48, description="Held-out training rows (never trained on) the probe samples and scores.")
+    probe_every: Annotated[int, Field(ge=1)] = Field(10, description="Steps between probes (a multiple divides steps).")
+    guard_threshold: Annotated[float, Field(ge=0)] = Field(
+        0.01, description="Reward hacking is flagged when the reward judges' mix rose since the best evaluation "
+                          "probe while the evaluation judges' mix fell more than this below it.")
+    output: Literal["guarded", "best", "last"] = Field(
+        "guarded", description="The saved model: guarded = the last EMA, or the best-probed one if hacking was "
+                               "flagged; best = the best-probed EMA; last = the last EMA.")
+    lora_rank: Annotated[int, Field(ge=1)] = Field(
+        64, description="Real profile: rank of the RL adapter trained on top of the frozen SFT adapter (PSR: 64).")
+    checkpoint_every: Annotated[int, Field(ge=0)] = Field(10, description="Resumable checkpoint every N steps.")
+    judge_set: Literal["reward"] = Field("reward", description="Judges that give the rewards (the reward set).")
+
+    @field_validator("rewards")
+    @classmethod
+    def _known_rewards(cls, v):
+        unknown = sorted(set(v) - set(RL_REWARDS))
+        if unknown:
+            raise ValueError(f"unknown reward(s) {unknown}: name them among {list(RL_REWARDS)} with their weights "
+                             "(the weighting is the mix)")
+        if not v:
+            raise ValueError("name at least one reward")
+        return v
+
+    @model_validator(mode="after")
+    def _shapes(self):
+        lo, hi = self.window_range
+        if hi <= lo or hi - 1 + self.window_size > self.rollout_steps - 1:
+            raise ValueError(f"window_range {list(self.window_range)} with window_size {self.window_size} must keep the "
+                             f"SDE window inside the first {self.rollout_steps - 1} of rollout_steps {self.rollout_steps} "
+                             "(never the last step)")
+        if self.batches * self.inner_epochs % self.grad_accum:
+            raise ValueError(f"batches x inner_epochs ({self.batches} x {self.inner_epochs}) must be a multiple of "
+                             f"grad_accum {self.grad_accum}: an iteration fills whole optimizer steps")
+        if self.steps % self.steps_per_iteration:
+            raise ValueError(f"steps {self.steps} must be a multiple of the {self.steps_per_iteration} optimizer "
+                             "steps of an iteration")
+        if not any(p > 0 for p in self.ref_count_probs.values()):
+            raise ValueError("ref_count_probs needs a positive probability")
+        return self
+
+    @property
+    def steps_per_iteration(self) -> int:
+        return self.batches * self.inner_epochs // self.grad_accum

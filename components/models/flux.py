@@ -77,3 +77,26 @@ def load_lora(directory: Path, config: GeneratorConfig) -> SubjectGenerator:
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"{directory / LORA_FILE}: keys the model does not have: {result.unexpected_keys[:5]}")
     return generator
+
+
+def save_merged_lora(generator: SubjectGenerator, directory: Path, adapters: list[str]) -> None:
+    """Save several active adapters as one: W + sum_i B_i A_i = W + [B_1 ... B_n][A_1; ...; A_n], an
+    adapter of the summed rank (every adapter here has alpha = rank, a scale of 1, and so has the
+    merged one). The RL stage's SFT and RL adapters become the one adapter ``load_lora`` reads."""
+    import json
+    from dataclasses import asdict, replace
+
+    from peft.utils import get_peft_model_state_dict
+
+    from .generator import CONFIG_NAME
+
+    parts = [get_peft_model_state_dict(generator.transformer, adapter_name=a) for a in adapters]
+    for a in adapters:
+        cfg = generator.transformer.peft_config[a]
+        if cfg.lora_alpha != cfg.r:
+            raise ValueError(f"adapter {a!r} has alpha {cfg.lora_alpha} != rank {cfg.r}: merging assumes a scale of 1")
+    merged = {k: torch.cat([p[k] for p in parts], 0 if ".lora_A." in k else 1).contiguous() for k in parts[0]}
+    rank = sum(generator.transformer.peft_config[a].r for a in adapters)
+    (directory / LORA_FILE).parent.mkdir(parents=True, exist_ok=True)
+    save_file(merged, directory / LORA_FILE)
+    (directory / CONFIG_NAME).write_text(json.dumps(asdict(replace(generator.config, lora_rank=rank)), indent=2))

@@ -268,7 +268,7 @@ class SubjectGenerator(nn.Module):
 
     # --- sampling ---------------------------------------------------------------------------
 
-    def _guided(self, x, t, cond, uncond, ref, blank, guidance: float) -> torch.Tensor:
+    def guided_velocity(self, x, t, cond, uncond, ref, blank, guidance: float) -> torch.Tensor:
         """The CFG velocity. The two branches are two transformer calls: one call on a batch of
         2B was slower on CPU at the pipeline's batch sizes (docs/performance.md)."""
         v = self.velocity(x, t, cond, ref).float()
@@ -296,7 +296,7 @@ class SubjectGenerator(nn.Module):
         for i in range(steps):
             t, t_next = ts[i], ts[i + 1]
             with autocast(self.device, precision):
-                v = self._guided(x, t.expand(b).to(self.device), cond, uncond, ref, blank, guidance)
+                v = self.guided_velocity(x, t.expand(b).to(self.device), cond, uncond, ref, blank, guidance)
             if sde:
                 mean, std = sde_step_moments(x, v, float(t), float(t_next), float(ts[1]), eta)
                 x_next = mean + std * torch.randn(x.shape, generator=g).to(self.device)

@@ -283,6 +283,10 @@ class StepLogger:
         self.client.log_batch(self.run_id, metrics=[Metric(_METRIC_NAME_BAD.sub("_", prefix + k), float(v), now, step)
                                                     for k, v in values.items()])
 
+    def tag(self, key: str, value: str) -> None:
+        if self.client:
+            self.client.set_tag(self.run_id, key, value)
+
     def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.client:
             self.client.log_artifact(self.run_id, str(path), artifact_path)

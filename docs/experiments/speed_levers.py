@@ -89,7 +89,7 @@ def sample(params, args) -> None:
     samples, refs = _rows(args.images, args.refs, seed=1)
     prompts = [s.prompt for s in samples]
     model = _model(params, False).eval()
-    separate = SubjectGenerator._guided
+    separate = SubjectGenerator.guided_velocity
 
     def one_call(self, x, t, cond, uncond, ref, blank, guidance):
         both = self.velocity(torch.cat([x, x]), torch.cat([t, t]), (torch.cat([cond[0], uncond[0]]),
@@ -102,13 +102,13 @@ def sample(params, args) -> None:
 
     def run(name):
         precision, guided = variants[name]
-        SubjectGenerator._guided = guided
+        SubjectGenerator.guided_velocity = guided
         try:
             t0 = time.perf_counter()
             model.sample(prompts, refs, steps=args.steps, guidance=2.5, precision=precision)
             return time.perf_counter() - t0
         finally:
-            SubjectGenerator._guided = separate
+            SubjectGenerator.guided_velocity = separate
 
     for name in variants:
         run(name)

@@ -1,0 +1,174 @@
+"""The RL stage's run: the policy and its reference, the rewards, the collector and the probe,
+handed to the shared trainer; then the output the guard chooses (``components/rl.py`` is the
+stage's command)."""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from ..config import Params
+from ..data.grids import load_rgb
+from ..data.manifest import read_manifest
+from ..io import atomic_dir, folder_hash
+from ..judging.rewards import make_reward, remember_references
+from ..judging.sets import load_judge_set
+from ..models.generator import SubjectGenerator
+from ..models.sampling import SamplingSettings
+from ..objectives.grpo import AdapterReference, FlowGRPO, FrozenReference
+from ..pipeline.tracking import StepLogger
+from ..training.fit import data_digest, fingerprint
+from ..training.loop import LoopConfig, Trainer, process_state
+from .collect import Collector, RLRows, RolloutSettings
+from .probe import Probe
+from .report import summarise, write_reports
+
+RL_ADAPTER = "rl"
+
+
+def load_rows(dataset_dir: Path) -> RLRows:
+    """The dataset's prompts, references (as stored: as the SFT model read them) and meta."""
+    m = read_manifest(dataset_dir)
+    refs = [[load_rgb(Path(dataset_dir) / r) for r in rs] for rs in m.refs]
+    meta = [{"refs": r, "categories": list(c), "claims": json.loads(cl)} for r, c, cl in zip(refs, m.categories, m.claims)]
+    return RLRows(list(m.prompt), refs, meta, list(m.id))
+
+
+def split_probe(rows: RLRows, n: int, seed: int) -> tuple[RLRows, RLRows]:
+    """``n`` rows held out for the probe (never trained on) and the rest, by a seeded draw."""
+    if n >= len(rows.prompts):
+        raise ValueError(f"rl.probe_rows {n} leaves no training rows of {len(rows.prompts)}")
+    probe = set(np.random.default_rng(seed).choice(len(rows.prompts), size=n, replace=False).tolist())
+    return (rows.take([i for i in range(len(rows.prompts)) if i not in probe]), rows.take(sorted(probe)))
+
+
+def attach_rl_adapter(model: SubjectGenerator, rank: int, seed: int) -> AdapterReference:
+    """Real profile: a fresh trainable adapter ``rl`` on top of the frozen SFT adapter; the KL's
+    reference is the same network with ``rl`` switched off."""
+    import torch
+    from peft import LoraConfig
+
+    from ..models.flux import LORA_TARGETS
+
+    torch.manual_seed(seed)
+    model.transformer.requires_grad_(False)
+    # zero-initialised B (peft's default init): the policy starts exactly at the SFT model
+    model.transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS),
+                                  adapter_name=RL_ADAPTER)
+    active = ["default", RL_ADAPTER]
+    model.transformer.set_adapters(active)
+    for name, p in model.transformer.named_parameters():  # after set_adapters, which makes both trainable
+        p.requires_grad_(f".{RL_ADAPTER}." in name)
+    return AdapterReference(active, ["default"])
+
+
+def run_rl(params: Params, paths) -> dict:
+    """Flow-GRPO from ``paths.init`` on the prompts and references of ``paths.data``."""
+    cfg, train = params.rl, params.training
+    rows = load_rows(paths.data)
+    train_rows, probe_rows = split_probe(rows, cfg.probe_rows, cfg.seed)
+    model = SubjectGenerator.from_pretrained(paths.init)
+    sampling = SamplingSettings.load(paths.init)
+    for frozen in (model.text_encoder, model.text_encoder_2):  # rollouts store the prompts' encodings
+        if frozen is not None:
+            frozen.requires_grad_(False)
+    reference = attach_rl_adapter(model, cfg.lora_rank, cfg.seed) if model.config.base else \
+        (FrozenReference(model) if cfg.beta > 0 else None)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+
+    judges = load_judge_set(paths.judges / cfg.judge_set, params.judges)
+    eval_judges = load_judge_set(paths.judges / "eval", params.judges)
+    crop = {"crop_size": params.judges.crop_size}
+    reward_fns = {n: make_reward(n, judges, **(crop if n in ("psr", "confusion") else {})) for n in cfg.rewards}
+    eval_fns = {n: make_reward(n, eval_judges, **(crop if n == "psr" else {})) for n in ("psr", "semantic", "aesthetic")}
+    # Every reference grounded and embedded once, in one fixed pass: a resumed run's rewards are
+    # then bit for bit those of an uninterrupted run (see rewards.remember_references).
+    remember_references(judges, train_rows.meta + probe_rows.meta, params.judges.crop_size)
+    remember_references(eval_judges, probe_rows.meta, params.judges.crop_size)
+
+    logger = StepLogger()
+    settings = RolloutSettings(cfg.group_size, cfg.groups_per_batch, cfg.batches, cfg.rollout_steps, cfg.window_size,
+                               tuple(cfg.window_range), cfg.eta, sampling.guidance,
+                               "bf16" if train.mixed_precision == "bf16" else "fp32", cfg.advantage)
+
+    def log_iteration(step, record):
+        logger.metrics({k: v for k, v in record.items() if k not in ("step",)}, step, prefix="rl/")
+        print(f"rl iteration {record['iteration']}: reward {record['reward']:.4f} (std {record['reward_std']:.4f}) "
+              + " ".join(f"{n} {record[f'{n}_mean']:.3f}" for n in cfg.rewards)
+              + f" groups kept {record['groups_kept']:.2f} sampling {record['seconds_sampling']:.1f}s "
+              f"scoring {record['seconds_scoring']:.1f}s", flush=True)
+
+    def log_probe(step, record):
+        logger.metrics({k: v for k, v in record.items() if k != "step"}, step, prefix="probe/")
+        print(f"rl probe step {step}: reward judges {record['reward_judges/mix']:.4f}, eval judges "
+              f"SC {record['eval_judges/SC']:.4f} SA {record['eval_judges/SA']:.4f} AES {record['eval_judges/AES']:.4f} "
+              f"(mix {record['eval_judges/mix']:.4f})", flush=True)
+
+    def log_train(step, record):
+        logger.metrics({k: v for k, v in record.items() if k not in ("step", "local_loss")}, step, prefix="train/")
+
+    collector = Collector(train_rows, reward_fns, dict(cfg.rewards), dict(cfg.ref_count_probs), settings,
+                          cfg.steps_per_iteration, log=log_iteration)
+    probe = Probe(probe_rows, sampling, reward_fns, dict(cfg.rewards), eval_fns, cfg.guard_threshold, trained,
+                  seed=cfg.seed, log=log_probe)
+    collector.probe = probe
+
+    def on_sample(m, step):
+        collector.seconds_elsewhere += probe(m, step)["seconds_probe"]
+
+    objective = FlowGRPO(cfg.clip_range, cfg.adv_clip, cfg.beta, reference)
+    loop = LoopConfig(steps=cfg.steps, batch_size=cfg.group_size * cfg.groups_per_batch, lr=cfg.lr,
+                      warmup_steps=cfg.warmup_steps, weight_decay=train.weight_decay, grad_accum=cfg.grad_accum,
+                      inner_epochs=cfg.inner_epochs, mixed_precision=train.mixed_precision,
+                      max_grad_norm=train.max_grad_norm, ema_decay=cfg.ema_decay, checkpoint_every=cfg.checkpoint_every,
+                      log_every=1, sample_every=cfg.probe_every, seed=cfg.seed)
+    fp = fingerprint("rl", cfg.model_dump(), train.model_dump(), params.judges.model_dump(), data_digest(paths.data),
+                     folder_hash(paths.init), folder_hash(paths.judges))
+    checkpoints = Path(paths.checkpoints) / f"rl-{fp}"
+    if process_state().is_main_process:
+        for old in checkpoints.parent.glob("rl-" + "?" * len(fp)):
+            if old != checkpoints and old.is_dir():
+                print(f"rl: removing {old}, the checkpoints of an earlier configuration", flush=True)
+                shutil.rmtree(old, ignore_errors=True)
+    probe(model, 0)  # the SFT model, before any step: the probe's baseline
+    result = Trainer(model, objective, loop, checkpoints, collect=collector, on_log=log_train,
+                     on_sample=on_sample).run()
+    if cfg.steps % cfg.probe_every:  # the end is always probed
+        on_sample(result.model, cfg.steps)
+    final, chosen = result.model, choose_output(cfg.output, probe, cfg.steps)
+    if chosen != cfg.steps:
+        final.load_state_dict(probe.best["state"], strict=False)
+    metrics = summarise(collector, probe, result, chosen, cfg)
+    if not process_state().is_main_process:
+        return metrics
+    if probe.flagged_at is not None:
+        logger.tag("rl.reward_hacking", f"flagged at step {probe.flagged_at}; output step {chosen}")
+    write_reports(paths.reports, collector, probe, result, chosen, metrics)
+    with atomic_dir(paths.out) as tmp:
+        save_policy(final, tmp)
+        sampling.save(tmp)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # done: a rerun must start afresh
+    return {**metrics, "sampling": asdict(sampling)}
+
+
+def choose_output(rule: str, probe: Probe, last: int) -> int:
+    """The step whose EMA the stage saves (``rl.output``)."""
+    if rule == "last" or probe.best is None:
+        return last
+    if rule == "best" or probe.flagged_at is not None:
+        return int(probe.best["step"])
+    return last
+
+
+def save_policy(model: SubjectGenerator, folder: Path) -> None:
+    """The policy as a generator folder; the real profile's two adapters (SFT's, RL's) are saved
+    as one adapter of their summed rank, which is the same update (``merge_adapters``)."""
+    if model.config.base and RL_ADAPTER in getattr(model.transformer, "peft_config", {}):
+        from ..models.flux import save_merged_lora
+
+        save_merged_lora(model, folder, ["default", RL_ADAPTER])
+        return
+    model.save_pretrained(folder)
