@@ -26,6 +26,9 @@ TINY_JUDGES = {"width": 8, "embed_dim": 16, "batch_size": 16, "encoder_steps": 5
 # A few steps of the real generator architecture: enough to produce a model folder and logs.
 TINY_TRAIN = {"steps": 4, "batch_size": 4, "warmup_steps": 1, "log_every": 2, "sample_every": 2,
               "checkpoint_every": 2, "sample_steps": 2, "grid_rows": 2}
+# Two RL iterations of two groups of two rollouts: enough for the rl stage's folder and logs.
+TINY_RL = {"steps": 4, "probe_every": 2, "checkpoint_every": 2, "group_size": 2, "groups_per_batch": 1, "batches": 2,
+           "rollout_steps": 3, "window_size": 1, "window_range": [0, 2], "probe_rows": 2}
 
 
 @pytest.fixture(autouse=True)
@@ -51,6 +54,7 @@ def tiny_params(**synth) -> dict:
     params["multisubject"].update(threshold=-1.0, sample_steps=2, grid_rows=2, recompose={"Three": 2, "Four": 2},
                                   max_scenes=None, candidates=1)
     set_training(params, "sft", **TINY_TRAIN)
+    params["rl"].update(TINY_RL)
     params["evaluate"].update(per_subset=1, grid_rows=2, sample_steps=2)
     params["resources"]["workers"] = 1
     params["pipeline"].update(retries=1, retry_delay_seconds=0, push=True)  # retries on: a data failure must still not retry

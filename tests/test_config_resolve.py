@@ -64,28 +64,28 @@ def test_an_unknown_generator_fails_at_load_naming_it_and_the_known_ones(tmp_pat
 
 
 def test_the_shipped_project_resolves_and_so_does_a_folder_outside_one(tmp_path):
-    assert load_params(REPO / "params.yaml").evaluate.generators[-2:] == ["pretrain", "sft"]
+    assert load_params(REPO / "params.yaml").evaluate.generators[-2:] == ["sft", "rl"]
     # no dvc.yaml beside params.yaml: what the pipeline trains is unknown, names are not checked
-    assert load_params(_project(tmp_path, dvc=False, evaluate={"generators": ["rl"], "compare": []}))
+    assert load_params(_project(tmp_path, dvc=False, evaluate={"generators": ["patchdpo"], "compare": []}))
 
 
 def test_a_trained_generator_is_known_by_its_stage_or_its_folder(tmp_path):
-    f = _project(tmp_path, evaluate={"generators": ["oracle", "sft", "rl"], "compare": []})
-    with pytest.raises(ParamsError, match=r"unknown generator\(s\) \['rl'\]"):
+    f = _project(tmp_path, evaluate={"generators": ["oracle", "sft", "patchdpo"], "compare": []})
+    with pytest.raises(ParamsError, match=r"unknown generator\(s\) \['patchdpo'\]"):
         load_params(f)
-    (tmp_path / "models" / "rl").mkdir(parents=True)
-    (tmp_path / "models" / "rl" / "generator_config.json").write_text("{}")
-    assert load_params(f).evaluate.generators[-1] == "rl"  # already trained, outside the pipeline
-    (tmp_path / "models" / "rl" / "generator_config.json").unlink()
+    (tmp_path / "models" / "patchdpo").mkdir(parents=True)
+    (tmp_path / "models" / "patchdpo" / "generator_config.json").write_text("{}")
+    assert load_params(f).evaluate.generators[-1] == "patchdpo"  # already trained, outside the pipeline
+    (tmp_path / "models" / "patchdpo" / "generator_config.json").unlink()
     dvc = yaml.safe_load((tmp_path / "dvc.yaml").read_text())
-    dvc["stages"]["rl"] = {"cmd": "python -m components.rl --out models/rl", "outs": ["models/rl"],
+    dvc["stages"]["patchdpo"] = {"cmd": "python -m components.patchdpo --out models/patchdpo", "outs": ["models/patchdpo"],
                            "deps": ["models/sft", "components/models/generator.py"]}
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
-    with pytest.raises(ParamsError, match=r"'rl' is trained by stage 'rl'.*add models/rl to evaluate's deps"):
+    with pytest.raises(ParamsError, match=r"'patchdpo' is trained by stage 'patchdpo'.*add models/patchdpo to evaluate's deps"):
         load_params(f)
-    dvc["stages"]["evaluate"]["deps"].append("models/rl")
+    dvc["stages"]["evaluate"]["deps"].append("models/patchdpo")
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
-    assert load_params(f).evaluate.generators == ["oracle", "sft", "rl"]
+    assert load_params(f).evaluate.generators == ["oracle", "sft", "patchdpo"]
 
 
 def test_the_registered_generator_must_be_scored(tmp_path):

@@ -16,7 +16,7 @@ from components.pipeline import lineage
 from tests.conftest import make_project, tiny_params
 
 pytestmark = pytest.mark.integration
-STAGES = ("synthesize", "validate", "judges", "pretrain", "multisubject", "sft", "evaluate", "register")
+STAGES = ("synthesize", "validate", "judges", "pretrain", "multisubject", "sft", "rl", "evaluate", "register")
 
 
 def _skipped_but(**states):

@@ -20,12 +20,11 @@ from components.models.generator import SubjectGenerator
 from components.models.sampling import SamplingSettings
 from components.objectives.grpo import FlowGRPO
 from components.pipeline.project import default_params
-from tests.conftest import TINY_JUDGES
+from tests.conftest import TINY_JUDGES, TINY_RL
 from tests.test_flux_profile import flux_dir  # noqa: F401  (fixture)
 from tests.test_pretrain import SMALL_GEN
 
-TINY_RL = {"steps": 6, "probe_every": 2, "checkpoint_every": 2, "group_size": 2, "groups_per_batch": 1, "batches": 2,
-           "rollout_steps": 3, "window_size": 1, "window_range": [0, 2], "probe_rows": 4, "lr": 1e-3}
+TINY = {**TINY_RL, "steps": 6, "probe_rows": 4, "lr": 1e-3}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +50,7 @@ def _rl(root, data, name, **cfg):
     params["generator"].update(SMALL_GEN)
     params["judges"].update(TINY_JUDGES)
     params["judges"]["grounding_threshold"] = 1e-6
-    params["rl"] = {**TINY_RL, **cfg}
+    params["rl"] = {**TINY, **cfg}
     (root / f"{name}.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     code = rl.main(["--params", str(root / f"{name}.yaml"), "--data", str(data / "multi"), "--init",
                     str(root / "models" / "sft"), "--judges", str(root / "models" / "judges"), "--out",

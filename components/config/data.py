@@ -112,7 +112,7 @@ class EvaluateParams(Section):
     """The evaluate stage: the PSRBench-style benchmark on the `bench` dataset."""
 
     generators: list[str] = Field(
-        default_factory=lambda: ["oracle", "copy_paste", "background_only", "noise", "pretrain", "sft"],
+        default_factory=lambda: ["oracle", "copy_paste", "background_only", "noise", "pretrain", "sft", "rl"],
         min_length=1,
         description=f"Generators to score, each once: reference generators by name {list(REFERENCE_GENERATORS)} and "
                     "trained ones by their folder under models/: one a dvc.yaml stage produces (pretrain, sft, ...) "
@@ -130,7 +130,7 @@ class EvaluateParams(Section):
     sample_precision: Literal["fp32", "bf16"] | None = Field(
         None, description="Sampling precision of every trained generator (None = what each one's folder records).")
     compare: list[tuple[str, str]] = Field(
-        default_factory=lambda: [("pretrain", "sft")],
+        default_factory=lambda: [("pretrain", "sft"), ("sft", "rl")],
         description="Pairs [baseline, candidate] of scored generators whose per-row differences are bootstrapped "
                     "(paired: the same bench rows) into a mean and 95% interval per subset and dimension.")
     bootstrap: Annotated[int, Field(ge=100)] = Field(2000, description="Bootstrap resamples of each comparison.")

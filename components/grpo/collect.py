@@ -64,14 +64,15 @@ class Collector:
                  log: Callable[[int, dict], None] | None = None):
         self.rows, self.rewards, self.weights, self.s = rows, rewards, weights, settings
         groups = rows.by_ref_count()
-        self.counts = [k for k in sorted(groups) if ref_count_probs.get(k, 0) > 0]
+        need = settings.groups_per_batch * settings.batches  # distinct rows of one reference count per iteration
+        wanted = [k for k in sorted(ref_count_probs) if ref_count_probs[k] > 0]
+        self.counts = [k for k in wanted if len(groups.get(k, ())) >= need]
         if not self.counts:
-            raise ValueError(f"rl: no training rows with {sorted(ref_count_probs)} references")
-        need = settings.groups_per_batch * settings.batches
-        short = [k for k in self.counts if len(groups[k]) < need]
-        if short:
-            raise ValueError(f"rl: an iteration draws {need} distinct rows of one reference count; "
-                             f"the data has fewer for {short}")
+            raise ValueError(f"rl: an iteration draws {need} distinct training rows with one of {wanted} references; "
+                             f"the data has {({k: len(groups.get(k, ())) for k in wanted})}")
+        if len(self.counts) < len(wanted):  # e.g. the bootstrapping kept few 4-subject pairs: say so, use the rest
+            print(f"rl: WARNING fewer than {need} training rows with {sorted(set(wanted) - set(self.counts))} "
+                  "references; their probability goes to the others", flush=True)
         p = np.array([ref_count_probs[k] for k in self.counts], float)
         self.groups, self.probs = groups, p / p.sum()
         self.steps_per_iteration, self.log = steps_per_iteration, log

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,9 +65,23 @@ def attach_rl_adapter(model: SubjectGenerator, rank: int, seed: int) -> AdapterR
     return AdapterReference(active, ["default"])
 
 
-def run_rl(params: Params, paths) -> dict:
-    """Flow-GRPO from ``paths.init`` on the prompts and references of ``paths.data``."""
+@dataclass
+class RLSetup:
+    """Everything the trainer is handed: the policy, its collector and probe, the objective, the
+    loop's configuration, and the sampling settings the model is saved with."""
+
+    model: SubjectGenerator
+    sampling: SamplingSettings
+    collector: Collector
+    probe: Probe
+    objective: FlowGRPO
+    loop: LoopConfig
+
+
+def build_rl(params: Params, paths, logger: StepLogger | None = None) -> RLSetup:
+    """The RL stage's pieces for ``paths`` (data, init, judges), logging to ``logger``."""
     cfg, train = params.rl, params.training
+    logger = logger or StepLogger()
     rows = load_rows(paths.data)
     train_rows, probe_rows = split_probe(rows, cfg.probe_rows, cfg.seed)
     model = SubjectGenerator.from_pretrained(paths.init)
@@ -89,7 +103,6 @@ def run_rl(params: Params, paths) -> dict:
     remember_references(judges, train_rows.meta + probe_rows.meta, params.judges.crop_size)
     remember_references(eval_judges, probe_rows.meta, params.judges.crop_size)
 
-    logger = StepLogger()
     settings = RolloutSettings(cfg.group_size, cfg.groups_per_batch, cfg.batches, cfg.rollout_steps, cfg.window_size,
                                tuple(cfg.window_range), cfg.eta, sampling.guidance,
                                "bf16" if train.mixed_precision == "bf16" else "fp32", cfg.advantage)
@@ -107,26 +120,35 @@ def run_rl(params: Params, paths) -> dict:
               f"SC {record['eval_judges/SC']:.4f} SA {record['eval_judges/SA']:.4f} AES {record['eval_judges/AES']:.4f} "
               f"(mix {record['eval_judges/mix']:.4f})", flush=True)
 
-    def log_train(step, record):
-        logger.metrics({k: v for k, v in record.items() if k not in ("step", "local_loss")}, step, prefix="train/")
-
     collector = Collector(train_rows, reward_fns, dict(cfg.rewards), dict(cfg.ref_count_probs), settings,
                           cfg.steps_per_iteration, log=log_iteration)
     probe = Probe(probe_rows, sampling, reward_fns, dict(cfg.rewards), eval_fns, cfg.guard_threshold, trained,
                   seed=cfg.seed, log=log_probe)
     collector.probe = probe
-
-    def on_sample(m, step):
-        collector.seconds_elsewhere += probe(m, step)["seconds_probe"]
-
     objective = FlowGRPO(cfg.clip_range, cfg.adv_clip, cfg.beta, reference)
     loop = LoopConfig(steps=cfg.steps, batch_size=cfg.group_size * cfg.groups_per_batch, lr=cfg.lr,
                       warmup_steps=cfg.warmup_steps, weight_decay=train.weight_decay, grad_accum=cfg.grad_accum,
                       inner_epochs=cfg.inner_epochs, mixed_precision=train.mixed_precision,
                       max_grad_norm=train.max_grad_norm, ema_decay=cfg.ema_decay, checkpoint_every=cfg.checkpoint_every,
                       log_every=1, sample_every=cfg.probe_every, seed=cfg.seed)
-    fp = fingerprint("rl", cfg.model_dump(), train.model_dump(), params.judges.model_dump(), data_digest(paths.data),
-                     folder_hash(paths.init), folder_hash(paths.judges))
+    return RLSetup(model, sampling, collector, probe, objective, loop)
+
+
+def run_rl(params: Params, paths) -> dict:
+    """Flow-GRPO from ``paths.init`` on the prompts and references of ``paths.data``."""
+    cfg = params.rl
+    logger = StepLogger()
+    setup = build_rl(params, paths, logger)
+    model, sampling, collector, probe = setup.model, setup.sampling, setup.collector, setup.probe
+
+    def on_sample(m, step):
+        collector.seconds_elsewhere += probe(m, step)["seconds_probe"]
+
+    def log_train(step, record):
+        logger.metrics({k: v for k, v in record.items() if k not in ("step", "local_loss")}, step, prefix="train/")
+
+    fp = fingerprint("rl", cfg.model_dump(), params.training.model_dump(), params.judges.model_dump(),
+                     data_digest(paths.data), folder_hash(paths.init), folder_hash(paths.judges))
     checkpoints = Path(paths.checkpoints) / f"rl-{fp}"
     if process_state().is_main_process:
         for old in checkpoints.parent.glob("rl-" + "?" * len(fp)):
@@ -134,7 +156,7 @@ def run_rl(params: Params, paths) -> dict:
                 print(f"rl: removing {old}, the checkpoints of an earlier configuration", flush=True)
                 shutil.rmtree(old, ignore_errors=True)
     probe(model, 0)  # the SFT model, before any step: the probe's baseline
-    result = Trainer(model, objective, loop, checkpoints, collect=collector, on_log=log_train,
+    result = Trainer(model, setup.objective, setup.loop, checkpoints, collect=collector, on_log=log_train,
                      on_sample=on_sample).run()
     if cfg.steps % cfg.probe_every:  # the end is always probed
         on_sample(result.model, cfg.steps)
@@ -165,7 +187,7 @@ def choose_output(rule: str, probe: Probe, last: int) -> int:
 
 def save_policy(model: SubjectGenerator, folder: Path) -> None:
     """The policy as a generator folder; the real profile's two adapters (SFT's, RL's) are saved
-    as one adapter of their summed rank, which is the same update (``merge_adapters``)."""
+    as one adapter of their summed rank, which is the same update (``save_merged_lora``)."""
     if model.config.base and RL_ADAPTER in getattr(model.transformer, "peft_config", {}):
         from ..models.flux import save_merged_lora
 
