@@ -75,7 +75,10 @@ def test_rl_trains_and_logs_every_iteration(world):
     model = SubjectGenerator.from_pretrained(out / "model")  # a generator folder the benchmark samples
     assert SamplingSettings.load(out / "model") == SamplingSettings.load(root / "models" / "sft")
     sft = SubjectGenerator.from_pretrained(root / "models" / "sft")
-    assert not torch.equal(model.transformer.proj_out.weight, sft.transformer.proj_out.weight)
+    # a LoRA adapter on the attention projections, merged into the saved weights: those moved, nothing else
+    assert not torch.equal(model.transformer.transformer_blocks[0].attn.to_q.weight,
+                           sft.transformer.transformer_blocks[0].attn.to_q.weight)
+    assert torch.equal(model.transformer.proj_out.weight, sft.transformer.proj_out.weight)
     assert torch.equal(model.text_encoder.get_input_embeddings().weight,  # frozen: rollouts store its encodings
                        sft.text_encoder.get_input_embeddings().weight)
     it = pd.read_csv(out / "reports" / "iterations.csv")
@@ -94,6 +97,15 @@ def test_rl_trains_and_logs_every_iteration(world):
                 "reward_judges/psr", "guard/hacking"):
         assert probe[col].notna().all(), col
     assert (out / "reports" / "curves.png").is_file() and (out / "reports" / "probe_grid.png").is_file()
+
+
+def test_without_lora_the_whole_transformer_trains_against_a_frozen_copy(world):
+    root, data = world
+    m = _rl(root, data, "full", lora_rank=None, steps=2)
+    model = SubjectGenerator.from_pretrained(root / "full" / "model")
+    sft = SubjectGenerator.from_pretrained(root / "models" / "sft")
+    assert m["steps"] == 2 and not torch.equal(model.transformer.proj_out.weight, sft.transformer.proj_out.weight)
+    assert pd.read_csv(root / "full" / "reports" / "history.csv").kl.iloc[-1] > 0  # the policy left its reference
 
 
 def test_a_killed_rl_run_resumes_to_the_uninterrupted_weights(world, monkeypatch):
@@ -136,7 +148,7 @@ def test_the_guard_flags_reward_up_while_the_evaluation_falls_and_keeps_the_best
     _, data = world
     model = SubjectGenerator.tiny(**SMALL_GEN, seed=5).eval()
     rows = rl.load_rows(data / "multi").take(range(2))
-    reward = [0.50, 0.60, 0.70, 0.80]
+    reward = [0.50, 0.60, 0.70, 0.80]  # rising by more than the threshold
     evals = [0.50, 0.55, 0.50, 0.45]  # best at the second probe, then falling while the reward rises
     probe = Probe(rows, SamplingSettings(steps=1), {"psr": _scripted(reward)}, {"psr": 1.0},
                   {n: _scripted(evals) for n in ("psr", "semantic", "aesthetic")}, threshold=0.02,

@@ -238,16 +238,18 @@ class RLParams(Section):
     ref_count_probs: dict[Annotated[int, Field(ge=2)], Annotated[float, Field(ge=0)]] = Field(
         {2: 0.3, 3: 0.35, 4: 0.35}, description="Probability that an iteration's groups have 2, 3 or 4 references.")
     probe_rows: Annotated[int, Field(ge=1)] = Field(
-        48, description="Held-out training rows (never trained on) the probe samples and scores.")
+        96, description="Held-out training rows (never trained on) the probe samples and scores.")
     probe_every: Annotated[int, Field(ge=1)] = Field(10, description="Steps between probes (a multiple divides steps).")
     guard_threshold: Annotated[float, Field(ge=0)] = Field(
-        0.01, description="Reward hacking is flagged when the reward judges' mix rose since the best evaluation "
-                          "probe while the evaluation judges' mix fell more than this below it.")
+        0.03, description="Reward hacking is flagged when, since the best evaluation probe, the reward judges' mix rose "
+                          "more than this while the evaluation judges' mix fell more than this.")
     output: Literal["guarded", "best", "last"] = Field(
         "guarded", description="The saved model: guarded = the last EMA, or the best-probed one if hacking was "
                                "flagged; best = the best-probed EMA; last = the last EMA.")
-    lora_rank: Annotated[int, Field(ge=1)] = Field(
-        64, description="Real profile: rank of the RL adapter trained on top of the frozen SFT adapter (PSR: 64).")
+    lora_rank: Annotated[int, Field(ge=1)] | None = Field(
+        16, description="Rank of the LoRA adapter RL trains on the transformer's attention projections (PSR: 64 on "
+                        "FLUX), over the frozen SFT adapter in the real profile; the KL's reference is the network with "
+                        "it off. None = the tiny profile's whole transformer (its reference a frozen copy).")
     checkpoint_every: Annotated[int, Field(ge=0)] = Field(10, description="Resumable checkpoint every N steps.")
     judge_set: Literal["reward"] = Field("reward", description="Judges that give the rewards (the reward set).")
 

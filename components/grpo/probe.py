@@ -75,7 +75,7 @@ class Probe:
         score, reward = record["eval_judges/mix"], record["reward_judges/mix"]
         if self.best is None or score > self.best["score"]:
             self.best = {"step": step, "score": score, "reward": reward, "state": trained_state(model, self.trained)}
-        hacking = reward > self.best["reward"] and score < self.best["score"] - self.threshold
+        hacking = reward > self.best["reward"] + self.threshold and score < self.best["score"] - self.threshold
         if hacking and self.flagged_at is None:
             self.flagged_at = step
             print(f"rl: REWARD HACKING suspected at step {step}: the reward judges' mix rose "

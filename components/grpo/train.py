@@ -46,23 +46,25 @@ def split_probe(rows: RLRows, n: int, seed: int) -> tuple[RLRows, RLRows]:
 
 
 def attach_rl_adapter(model: SubjectGenerator, rank: int, seed: int) -> AdapterReference:
-    """Real profile: a fresh trainable adapter ``rl`` on top of the frozen SFT adapter; the KL's
-    reference is the same network with ``rl`` switched off."""
+    """A fresh trainable LoRA adapter ``rl`` on the transformer's attention projections, over
+    whatever adapters it has, frozen (the real profile's SFT adapter; none in the tiny profile).
+    The KL's reference is the same network with ``rl`` switched off: no second copy."""
     import torch
     from peft import LoraConfig
 
     from ..models.flux import LORA_TARGETS
 
+    below = list(getattr(model.transformer, "peft_config", {}))
     torch.manual_seed(seed)
     model.transformer.requires_grad_(False)
     # zero-initialised B (peft's default init): the policy starts exactly at the SFT model
     model.transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS),
                                   adapter_name=RL_ADAPTER)
-    active = ["default", RL_ADAPTER]
+    active = [*below, RL_ADAPTER]
     model.transformer.set_adapters(active)
-    for name, p in model.transformer.named_parameters():  # after set_adapters, which makes both trainable
+    for name, p in model.transformer.named_parameters():  # after set_adapters, which makes them all trainable
         p.requires_grad_(f".{RL_ADAPTER}." in name)
-    return AdapterReference(active, ["default"])
+    return AdapterReference(active, below)
 
 
 @dataclass
@@ -89,8 +91,10 @@ def build_rl(params: Params, paths, logger: StepLogger | None = None) -> RLSetup
     for frozen in (model.text_encoder, model.text_encoder_2):  # rollouts store the prompts' encodings
         if frozen is not None:
             frozen.requires_grad_(False)
-    reference = attach_rl_adapter(model, cfg.lora_rank, cfg.seed) if model.config.base else \
-        (FrozenReference(model) if cfg.beta > 0 else None)
+    if cfg.lora_rank or model.config.base:  # the real profile is always trained through an adapter
+        reference = attach_rl_adapter(model, cfg.lora_rank or params.generator.lora_rank, cfg.seed)
+    else:  # the tiny profile's whole transformer: the reference is a frozen copy
+        reference = FrozenReference(model) if cfg.beta > 0 else None
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
 
     judges = load_judge_set(paths.judges / cfg.judge_set, params.judges)
@@ -186,11 +190,33 @@ def choose_output(rule: str, probe: Probe, last: int) -> int:
 
 
 def save_policy(model: SubjectGenerator, folder: Path) -> None:
-    """The policy as a generator folder; the real profile's two adapters (SFT's, RL's) are saved
-    as one adapter of their summed rank, which is the same update (``save_merged_lora``)."""
-    if model.config.base and RL_ADAPTER in getattr(model.transformer, "peft_config", {}):
+    """The policy as a generator folder. The real profile's adapters (SFT's, RL's) are saved as one
+    adapter of their summed rank, which is the same update (``save_merged_lora``); the tiny
+    profile's RL adapter is merged into the weights, so the folder is a plain generator."""
+    if RL_ADAPTER not in getattr(model.transformer, "peft_config", {}):
+        model.save_pretrained(folder)
+    elif model.config.base:
         from ..models.flux import save_merged_lora
 
-        save_merged_lora(model, folder, ["default", RL_ADAPTER])
-        return
-    model.save_pretrained(folder)
+        save_merged_lora(model, folder, list(model.transformer.peft_config))
+    else:
+        merged_copy(model).save_pretrained(folder)
+
+
+def merged_copy(model: SubjectGenerator) -> SubjectGenerator:
+    """A copy of ``model`` with its active LoRA adapters merged into the weights and removed."""
+    import copy
+
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    out = copy.deepcopy(model)
+    names = dict(out.transformer.named_modules())
+    for name, module in list(names.items()):
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(names[parent] if parent else out.transformer, child, module.get_base_layer())
+    for attr in ("peft_config", "_hf_peft_config_loaded"):
+        if hasattr(out.transformer, attr):
+            delattr(out.transformer, attr)
+    return out

@@ -152,7 +152,7 @@ class FrozenReference:
 class AdapterReference:
     """The KL reference as the policy itself with its RL adapter switched off (LoRA: no second
     copy of the network). ``active`` are the adapters of the policy, ``reference`` those of the
-    reference (the SFT adapter)."""
+    reference (the real profile's SFT adapter; none: the base network)."""
 
     def __init__(self, active: list[str], reference: list[str]):
         self.active, self.reference = active, reference
@@ -161,10 +161,15 @@ class AdapterReference:
     def __call__(self, policy):
         # peft's set_adapter makes every active adapter trainable: put back which ones are
         trainable = {p: p.requires_grad for p in policy.transformer.parameters()}
-        policy.transformer.set_adapters(self.reference)
+        if self.reference:
+            policy.transformer.set_adapters(self.reference)
+        else:  # no adapter below the trained one: the base network
+            policy.transformer.disable_adapters()
         try:
             yield policy
         finally:
+            if not self.reference:
+                policy.transformer.enable_adapters()
             policy.transformer.set_adapters(self.active)
             for p, flag in trainable.items():
                 p.requires_grad_(flag)
