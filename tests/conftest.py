@@ -27,7 +27,7 @@ TINY_JUDGES = {"width": 8, "embed_dim": 16, "batch_size": 16, "encoder_steps": 5
 TINY_TRAIN = {"steps": 4, "batch_size": 4, "warmup_steps": 1, "log_every": 2, "sample_every": 2,
               "checkpoint_every": 2, "sample_steps": 2, "grid_rows": 2}
 # Two RL iterations of two groups of two rollouts: enough for the rl stage's folder and logs.
-TINY_RL = {"steps": 4, "probe_every": 2, "checkpoint_every": 2, "group_size": 2, "groups_per_batch": 1, "batches": 2,
+TINY_RL = {"steps": 4, "probe_every": 2, "checkpoint_every": 2, "group_size": 2, "groups_per_batch": 1, "batches": 2, "grad_accum": 1,
            "rollout_steps": 3, "window_size": 1, "window_range": [0, 2], "probe_rows": 2}
 
 

@@ -24,7 +24,7 @@ from tests.conftest import TINY_JUDGES, TINY_RL
 from tests.test_flux_profile import flux_dir  # noqa: F401  (fixture)
 from tests.test_pretrain import SMALL_GEN
 
-TINY = {**TINY_RL, "steps": 6, "probe_rows": 4, "lr": 1e-3}
+TINY = {**TINY_RL, "steps": 6, "probe_rows": 4, "lr": 1e-3, "lora_rank": 4}
 
 
 @pytest.fixture(scope="module")

@@ -211,20 +211,24 @@ class RLParams(Section):
     seed: int = Field(0, description="Seed of the rollouts, the probe and the adapter's initial weights.")
     steps: Annotated[int, Field(ge=1)] = Field(
         60, description="Optimizer steps; an iteration (one collection) gives batches x inner_epochs / grad_accum of them.")
-    lr: Annotated[float, Field(gt=0)] = Field(1e-4, description="Peak learning rate (AdamW; constant after warm-up).")
+    lr: Annotated[float, Field(gt=0)] = Field(3e-4, description="Peak learning rate (AdamW; warm-up, then cosine to 10%).")
     warmup_steps: Annotated[int, Field(ge=0)] = Field(0, description="Linear warm-up steps.")
     ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = Field(
         0.9, description="EMA of the policy, saved as the model and probed (None = off; warm-up: training.EMA).")
     rewards: dict[str, Annotated[float, Field(gt=0)]] = Field(
         {"psr": 0.4, "semantic": 0.4, "aesthetic": 0.2},
         description="Rewards (judging/rewards.py registry names) and their weights; PSR's mix by default.")
+    objective: Literal["flow_grpo", "weighted_fm"] = Field(
+        "flow_grpo", description="flow_grpo: Flow-GRPO's clipped ratio on the SDE window's log-probabilities; "
+                                 "weighted_fm: advantage-weighted flow matching on the finished rollouts (DiffusionNFT's "
+                                 "on-policy gradient; likelihood-free). docs/experiments/rl.md compares them.")
     advantage: Literal["per_reward", "sum"] = Field(
         "per_reward", description="per_reward: each reward normalised within its group, then weighted (the weights "
                                   "mean what they say); sum: Flow-GRPO's weighted sum normalised within its group.")
     group_size: Annotated[int, Field(ge=2)] = Field(6, description="G: samples per group (one prompt with its references).")
-    groups_per_batch: Annotated[int, Field(ge=1)] = Field(2, description="Groups in one training batch.")
+    groups_per_batch: Annotated[int, Field(ge=1)] = Field(4, description="Groups in one training batch.")
     batches: Annotated[int, Field(ge=1)] = Field(2, description="Training batches rolled out per iteration.")
-    grad_accum: Annotated[int, Field(ge=1)] = Field(1, description="Batches per optimizer step.")
+    grad_accum: Annotated[int, Field(ge=1)] = Field(2, description="Batches per optimizer step.")
     inner_epochs: Annotated[int, Field(ge=1)] = Field(1, description="Passes over each iteration's rollouts.")
     rollout_steps: Annotated[int, Field(ge=2)] = Field(
         10, description="Sampler steps of a rollout (the benchmark samples with generator.sample_steps).")
@@ -247,9 +251,10 @@ class RLParams(Section):
         "guarded", description="The saved model: guarded = the last EMA, or the best-probed one if hacking was "
                                "flagged; best = the best-probed EMA; last = the last EMA.")
     lora_rank: Annotated[int, Field(ge=1)] | None = Field(
-        16, description="Rank of the LoRA adapter RL trains on the transformer's attention projections (PSR: 64 on "
+        None, description="Rank of the LoRA adapter RL trains on the transformer's attention projections (PSR: 64 on "
                         "FLUX), over the frozen SFT adapter in the real profile; the KL's reference is the network with "
-                        "it off. None = the tiny profile's whole transformer (its reference a frozen copy).")
+                        "it off. None = the tiny profile's whole transformer (its reference a frozen copy; the real profile then uses "
+                        "generator.lora_rank).")
     checkpoint_every: Annotated[int, Field(ge=0)] = Field(10, description="Resumable checkpoint every N steps.")
     judge_set: Literal["reward"] = Field("reward", description="Judges that give the rewards (the reward set).")
 

@@ -107,7 +107,7 @@ class Collector:
         n = s.groups_per_batch * s.group_size
         batches = [RolloutBatch(r.states, r.log_probs, r.timesteps, torch.as_tensor(adv[b * n:(b + 1) * n]),
                                 r.text, r.blank_text, r.refs, r.t_max, r.eta, r.guidance,
-                                torch.as_tensor(keep[b * n:(b + 1) * n]))
+                                torch.as_tensor(keep[b * n:(b + 1) * n]), r.final)
                    for b, r in enumerate(parts)]
         mixed = sum(w * scores[name] for name, w in self.weights.items())
         record.update({"ref_count": k, "window_start": start, "reward": float(mixed.mean()),

@@ -29,6 +29,7 @@ class Rollout:
     t_max: float
     eta: float
     guidance: float
+    final: torch.Tensor  # (n * G, N, C): the finished samples' tokens (what the images decode from)
 
 
 def window_timesteps(steps: int) -> list[float]:
@@ -73,4 +74,4 @@ def rollout(model: SubjectGenerator, prompts: list[str], refs, group_size: int, 
         x = ode(x, i, cond, uncond, ref, blank)
     images = list(model.decode_images(model.unpack(x)))
     return Rollout(images, torch.stack(states, 1), torch.stack(log_probs, 1),
-                   ts[window_start:window_start + window_size + 1], cond, uncond, ref, ts[1], eta, guidance)
+                   ts[window_start:window_start + window_size + 1], cond, uncond, ref, ts[1], eta, guidance, x)

@@ -18,7 +18,7 @@ from ..judging.rewards import make_reward, remember_references
 from ..judging.sets import load_judge_set
 from ..models.generator import SubjectGenerator
 from ..models.sampling import SamplingSettings
-from ..objectives.grpo import AdapterReference, FlowGRPO, FrozenReference
+from ..objectives.grpo import AdapterReference, AdvantageWeightedFM, FlowGRPO, FrozenReference
 from ..pipeline.tracking import StepLogger
 from ..training.fit import data_digest, fingerprint
 from ..training.loop import LoopConfig, Trainer, process_state
@@ -76,7 +76,7 @@ class RLSetup:
     sampling: SamplingSettings
     collector: Collector
     probe: Probe
-    objective: FlowGRPO
+    objective: FlowGRPO | AdvantageWeightedFM
     loop: LoopConfig
 
 
@@ -129,7 +129,8 @@ def build_rl(params: Params, paths, logger: StepLogger | None = None) -> RLSetup
     probe = Probe(probe_rows, sampling, reward_fns, dict(cfg.rewards), eval_fns, cfg.guard_threshold, trained,
                   seed=cfg.seed, log=log_probe)
     collector.probe = probe
-    objective = FlowGRPO(cfg.clip_range, cfg.adv_clip, cfg.beta, reference)
+    objective = FlowGRPO(cfg.clip_range, cfg.adv_clip, cfg.beta, reference) if cfg.objective == "flow_grpo" else \
+        AdvantageWeightedFM(cfg.adv_clip, cfg.beta, reference)
     loop = LoopConfig(steps=cfg.steps, batch_size=cfg.group_size * cfg.groups_per_batch, lr=cfg.lr,
                       warmup_steps=cfg.warmup_steps, weight_decay=train.weight_decay, grad_accum=cfg.grad_accum,
                       inner_epochs=cfg.inner_epochs, mixed_precision=train.mixed_precision,

@@ -134,6 +134,7 @@ class RolloutBatch:
     eta: float
     guidance: float
     keep: torch.Tensor
+    final: torch.Tensor | None = None  # (B, N, C) the finished samples (advantage-weighted flow matching)
 
 
 class FrozenReference:
@@ -211,3 +212,42 @@ class FlowGRPO(Objective):
         kl = (torch.stack(kls) * w).sum(1).mean() if kls else policy_loss.new_zeros(())
         terms = {k: torch.stack([s[k] for s in stats]).mean() for k in stats[0]}
         return policy_loss + self.beta * kl, {"policy_loss": policy_loss.detach(), "kl": kl.detach(), **terms}
+
+
+class AdvantageWeightedFM(Objective):
+    """Advantage-weighted flow matching on the policy's own finished samples: the on-policy form of
+    DiffusionNFT's objective (Zheng et al., 2025), whose gradient at the sampling weights is
+    ``sum_i a_i grad |v_theta(x_t,i) - (eps - x0_i)|^2`` with ``a_i = clip(A_i / adv_clip, -1, 1)``.
+    Likelihood-free: it needs no SDE log-probability, only the samples and their advantages, and each
+    sample's whole image is its regression target, not a 3072-dimensional noise draw (see
+    docs/experiments/rl.md for why that matters at this batch size). ``t`` is logit-normal and
+    ``eps`` fresh, as in flow matching; the conditional branch is trained (the CFG combination is
+    the sampler's). ``beta`` adds the v-space KL of DiffusionNFT, ``|v_theta - v_ref|^2`` on the same
+    ``x_t``. Terms: ``weighted_fm``, ``kl``, ``positive_share`` (of the kept samples)."""
+
+    def __init__(self, adv_clip: float = 5.0, beta: float = 0.0, reference=None):
+        super().__init__()
+        if beta > 0 and reference is None:
+            raise ValueError("a KL term (beta > 0) needs a reference model")
+        self.adv_clip, self.beta, self.reference = adv_clip, beta, reference
+
+    def forward(self, model, batch: RolloutBatch, generator: torch.Generator) -> tuple[torch.Tensor, Terms]:
+        if batch.final is None:
+            raise ValueError("advantage-weighted flow matching needs the rollouts' finished samples (batch.final)")
+        x0 = batch.final
+        b = x0.shape[0]
+        t = torch.sigmoid(torch.randn(b, generator=generator)).to(x0.device)
+        eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+        x_t = (1 - t)[:, None, None] * x0 + t[:, None, None] * eps
+        v = model.velocity(x_t, t, batch.text, batch.refs)
+        err = ((v.float() - (eps - x0)) ** 2).mean(dim=(1, 2))
+        a = (batch.advantages / self.adv_clip).clamp(-1, 1) * batch.keep.to(err.dtype)
+        loss = (a * err).sum() / batch.keep.sum().clamp(min=1)
+        kl = loss.new_zeros(())
+        if self.beta > 0:
+            with torch.no_grad(), self.reference(model) as ref_model:
+                v_ref = ref_model.velocity(x_t, t, batch.text, batch.refs)
+            kl = ((v.float() - v_ref.float()) ** 2).mean()
+        kept = batch.keep.bool()
+        share = (batch.advantages[kept] > 0).float().mean() if kept.any() else loss.new_zeros(())
+        return loss + self.beta * kl, {"weighted_fm": loss.detach(), "kl": kl.detach(), "positive_share": share}
