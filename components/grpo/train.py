@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -58,8 +59,10 @@ def attach_rl_adapter(model: SubjectGenerator, rank: int, seed: int) -> AdapterR
     torch.manual_seed(seed)
     model.transformer.requires_grad_(False)
     # zero-initialised B (peft's default init): the policy starts exactly at the SFT model
-    model.transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS),
-                                  adapter_name=RL_ADAPTER)
+    with warnings.catch_warnings():  # "multiple adapters": the SFT one below is meant to stay
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        model.transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS),
+                                      adapter_name=RL_ADAPTER)
     active = [*below, RL_ADAPTER]
     model.transformer.set_adapters(active)
     for name, p in model.transformer.named_parameters():  # after set_adapters, which makes them all trainable
