@@ -251,20 +251,22 @@ def test_changing_a_validate_param_reruns_only_validate(project):
     assert lineage.status(root) == {}
 
 
-def test_changing_only_sft_reruns_sft_and_benchmarks_only_sft(project):
-    """Issue 21: a changed sft parameter reruns sft and what follows it; the evaluate stage samples
-    and scores sft alone, the reference generators and pretrain come from its cache."""
+def test_changing_only_sft_reruns_sft_and_benchmarks_only_sft_and_rl(project):
+    """Issue 21: a changed sft parameter reruns sft and what follows it (rl trains from it); the
+    evaluate stage samples and scores sft and rl alone, the reference generators and pretrain come
+    from its cache."""
     root, _ = project
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["sft"]["lr"] *= 0.5
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert set(lineage.status(root)) == {"sft"}
     summary = _flow(root)
-    assert _states(summary) == _skipped_but(sft="ran", evaluate="ran", register="ran")
+    assert _states(summary) == _skipped_but(sft="ran", rl="ran", evaluate="ran", register="ran")
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     timing = _children(summary["parent_run_id"])["evaluate"].data.metrics
     generators = params["evaluate"]["generators"]
-    assert {g: timing[f"timing.{g}.cached"] for g in generators} == {g: float(g != "sft") for g in generators}
+    assert {g: timing[f"timing.{g}.cached"] for g in generators} == {g: float(g not in ("sft", "rl"))
+                                                                     for g in generators}
     assert lineage.status(root) == {}
 
 
