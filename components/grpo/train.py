@@ -21,7 +21,7 @@ from ..models.generator import SubjectGenerator
 from ..models.sampling import SamplingSettings
 from ..objectives.grpo import AdapterReference, AdvantageWeightedFM, FlowGRPO, FrozenReference
 from ..pipeline.tracking import StepLogger
-from ..training.fit import data_digest, fingerprint
+from ..training.fit import checkpoint_folder, data_digest, fingerprint
 from ..training.loop import LoopConfig, Trainer, process_state
 from .collect import Collector, RLRows, RolloutSettings
 from .probe import Probe
@@ -157,12 +157,7 @@ def run_rl(params: Params, paths) -> dict:
 
     fp = fingerprint("rl", cfg.model_dump(), params.training.model_dump(), params.judges.model_dump(),
                      data_digest(paths.data), folder_hash(paths.init), folder_hash(paths.judges))
-    checkpoints = Path(paths.checkpoints) / f"rl-{fp}"
-    if process_state().is_main_process:
-        for old in checkpoints.parent.glob("rl-" + "?" * len(fp)):
-            if old != checkpoints and old.is_dir():
-                print(f"rl: removing {old}, the checkpoints of an earlier configuration", flush=True)
-                shutil.rmtree(old, ignore_errors=True)
+    checkpoints = checkpoint_folder(paths.checkpoints, "rl", fp)
     probe(model, 0)  # the SFT model, before any step: the probe's baseline
     result = Trainer(model, setup.objective, setup.loop, checkpoints, collect=collector, on_log=log_train,
                      on_sample=on_sample).run()

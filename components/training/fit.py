@@ -88,6 +88,18 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def checkpoint_folder(root: str | Path, stage: str, fp: str) -> Path:
+    """``root/<stage>-<fp>``, the checkpoints of this configuration of ``stage``; those of any
+    other fingerprint (a parameter set abandoned) are removed, by the main process."""
+    folder = Path(root) / f"{stage}-{fp}"
+    if process_state().is_main_process:
+        for old in folder.parent.glob(f"{stage}-" + "?" * len(fp)):
+            if old != folder and old.is_dir():
+                print(f"{stage}: removing {old}, the checkpoints of an earlier configuration", flush=True)
+                shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
 def data_digest(dataset_dir: str | Path) -> str:
     return hashlib.md5((Path(dataset_dir) / MANIFEST).read_bytes()).hexdigest()
 
@@ -249,12 +261,7 @@ def run_fit(stage: str, params: Params, dataset_dir: Path, out: Path, reports: P
     # compile is left out: a speed setting (a compiled run's checkpoint resumes an eager run and back)
     fp = fingerprint(stage, cfg.model_dump(exclude={"compile"}), params.generator.model_dump(), data_digest(dataset_dir),
                      data_digest(replay) if replay is not None else None, folder_hash(init) if init else None)
-    checkpoints = Path(checkpoints) / f"{stage}-{fp}"
-    if process_state().is_main_process:  # another fingerprint's checkpoints: a parameter set abandoned
-        for old in checkpoints.parent.glob(f"{stage}-" + "?" * len(fp)):
-            if old != checkpoints and old.is_dir():
-                print(f"{stage}: removing {old}, the checkpoints of an earlier configuration", flush=True)
-                shutil.rmtree(old, ignore_errors=True)
+    checkpoints = checkpoint_folder(checkpoints, stage, fp)
     reports.mkdir(parents=True, exist_ok=True)
     sampling = SamplingSettings(cfg.sample_steps, cfg.guidance, reference_layout, cfg.sample_precision)
     if not process_state().is_main_process:
