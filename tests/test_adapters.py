@@ -182,6 +182,7 @@ def test_grounder_boxes_and_threshold(models, name):
     missed = grounder.ground(images, cats)
     assert [g.box for g in missed] == [None] * 3
     assert [g.score for g in missed] == pytest.approx([g.score for g in found])
+    assert [g.candidate for g in missed] == [g.box for g in found]  # the top box, for graded rewards
     with pytest.raises(ValueError):
         grounder.ground(images, cats[:2])
 

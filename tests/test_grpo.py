@@ -32,6 +32,20 @@ def test_advantages_are_normalised_within_each_group():
     np.testing.assert_allclose(adv[:3].std(), 1, atol=1e-3)
 
 
+def test_batch_scale_keeps_a_group_that_barely_differs_small():
+    """scale=batch divides every group's deviations by the batch's pooled within-group std: a
+    group with a 200x smaller spread gets 200x smaller advantages (group scale: the same ones)."""
+    r = {"psr": np.array([0.1, 0.3, 0.5, 0.399, 0.4, 0.401])}
+    groups = ["a"] * 3 + ["b"] * 3
+    adv, keep = group_advantages(r, {"psr": 1.0}, groups, scale="batch")
+    assert keep.all()
+    np.testing.assert_allclose(adv[3:], adv[:3] / 200, rtol=1e-3, atol=1e-9)
+    dev = np.array([-0.2, 0, 0.2, -0.001, 0, 0.001])
+    np.testing.assert_allclose(adv, dev / (np.sqrt((dev ** 2).mean()) + 1e-4), rtol=1e-4, atol=1e-9)
+    with pytest.raises(ValueError, match="scale"):
+        group_advantages(r, {"psr": 1.0}, groups, scale="global")
+
+
 def test_a_group_without_spread_is_left_out():
     r = {"psr": np.array([0.4, 0.4, 0.4, 0.1, 0.2, 0.3])}
     adv, keep = group_advantages(r, {"psr": 1.0}, ["a"] * 3 + ["b"] * 3)

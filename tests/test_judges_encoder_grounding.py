@@ -157,6 +157,7 @@ def test_grounder_answers_one_grounding_per_query(world):
     assert len(out) == 5
     for r, s in zip(out, scenes):
         assert 0.0 <= r.score <= 1.0 and r.found == (r.score >= g.threshold)
+        assert r.candidate is not None and r.box in (None, r.candidate)  # the top box, found or not
         if r.found:
             x0, y0, x1, y1 = r.box
             assert 0 <= x0 < x1 <= s.image.shape[1] and 0 <= y0 < y1 <= s.image.shape[0]

@@ -127,6 +127,39 @@ def test_a_missing_subject_is_reported_not_hidden(setup):
     assert 0.3 < out.scores[0] <= 0.5 + 1e-6
 
 
+class DimGrounder:
+    """The truth grounder, except that a star beside another subject (in an output, not in its
+    reference) is seen at a quarter of confidence: below the threshold (0.5), with its true
+    box as the candidate."""
+
+    threshold = 0.5
+
+    def __init__(self, truth: Truth):
+        self.truth, self.inner = truth, TruthGrounder(truth)
+
+    def ground(self, images, categories):
+        out = self.inner.ground(images, categories)
+        crowded = [len(self.truth.facts[im.tobytes()]["subjects"]) > 1 for im in images]
+        return [Grounding(None, 0.25, g.box) if c == "star" and g.found and many else g
+                for g, c, many in zip(out, categories, crowded)]
+
+
+def test_graded_misses_give_a_missed_subject_its_similarity_times_confidence(setup):
+    truth, judges, meta = setup
+    dim = JudgeSet(judges.encoder, DimGrounder(truth), judges.semantic, judges.aesthetic)
+    good = truth.render(_scene(CAT_RED, STAR_BLUE))
+    exact = make_reward("psr", judges)([good], ["p"], [meta])
+    zero = make_reward("psr", dim)([good], ["p"], [meta])
+    graded = make_reward("psr", dim, misses="graded")([good], ["p"], [meta])
+    cat, star = 2 * zero.scores[0], 2 * exact.scores[0] - 2 * zero.scores[0]  # the two subjects' cosines
+    assert star > 0.9
+    assert graded.scores[0] == pytest.approx((cat + 0.5 * star) / 2, rel=1e-5)  # confidence 0.25 / threshold 0.5
+    assert zero.scores[0] < graded.scores[0] < exact.scores[0]
+    assert list(zero.info["missing"]) == list(graded.info["missing"]) == [1]  # a miss is still counted
+    with pytest.raises(ValueError, match="misses"):
+        make_reward("psr", dim, misses="half")
+
+
 def test_semantic_reward_is_the_fraction_of_claims_that_hold(setup):
     truth, judges, meta = setup
     reward = make_reward("semantic", judges)

@@ -218,6 +218,10 @@ class RLParams(Section):
     rewards: dict[str, Annotated[float, Field(gt=0)]] = Field(
         {"psr": 0.4, "semantic": 0.4, "aesthetic": 0.2},
         description="Rewards (judging/rewards.py registry names) and their weights; PSR's mix by default.")
+    psr_misses: Literal["zero", "graded"] = Field(
+        "zero", description="How the PSR reward scores a subject its grounder misses: zero (PSR's, and the benchmark's "
+                            "SC) or graded (the crop at the below-threshold candidate box, its cosine times "
+                            "confidence / threshold). The evaluation judges always use zero.")
     objective: Literal["flow_grpo", "weighted_fm"] = Field(
         "flow_grpo", description="flow_grpo: Flow-GRPO's clipped ratio on the SDE window's log-probabilities; "
                                  "weighted_fm: advantage-weighted flow matching on the finished rollouts (DiffusionNFT's "
@@ -225,6 +229,10 @@ class RLParams(Section):
     advantage: Literal["per_reward", "sum"] = Field(
         "per_reward", description="per_reward: each reward normalised within its group, then weighted (the weights "
                                   "mean what they say); sum: Flow-GRPO's weighted sum normalised within its group.")
+    advantage_scale: Literal["group", "batch"] = Field(
+        "group", description="What a sample's deviation from its group's mean is divided by: the group's std (group, "
+                             "GRPO's) or the iteration's pooled within-group std (batch, Flow-GRPO's global_std): "
+                             "groups that barely differ then keep small advantages.")
     group_size: Annotated[int, Field(ge=2)] = Field(6, description="G: samples per group (one prompt with its references).")
     groups_per_batch: Annotated[int, Field(ge=1)] = Field(4, description="Groups in one training batch.")
     batches: Annotated[int, Field(ge=1)] = Field(2, description="Training batches rolled out per iteration.")

@@ -51,6 +51,7 @@ class RolloutSettings:
     guidance: float = 2.5
     precision: str = "bf16"  # must be the trainer's autocast, or the ratio starts away from 1
     advantage: str = "per_reward"
+    advantage_scale: str = "group"
 
 
 class Collector:
@@ -102,7 +103,7 @@ class Collector:
         images = [im for r in parts for im in r.images]
         outs = {name: f(images, rows.prompts, rows.meta) for name, f in self.rewards.items()}
         scores = {name: o.scores for name, o in outs.items()}
-        adv, keep = group_advantages(scores, self.weights, rows.ids, s.advantage)
+        adv, keep = group_advantages(scores, self.weights, rows.ids, s.advantage, scale=s.advantage_scale)
         t2 = time.perf_counter()
         n = s.groups_per_batch * s.group_size
         batches = [RolloutBatch(r.states, r.log_probs, r.timesteps, torch.as_tensor(adv[b * n:(b + 1) * n]),

@@ -103,7 +103,8 @@ def build_rl(params: Params, paths, logger: StepLogger | None = None) -> RLSetup
     judges = load_judge_set(paths.judges / cfg.judge_set, params.judges)
     eval_judges = load_judge_set(paths.judges / "eval", params.judges)
     crop = {"crop_size": params.judges.crop_size}
-    reward_fns = {n: make_reward(n, judges, **(crop if n in ("psr", "confusion") else {})) for n in cfg.rewards}
+    reward_fns = {n: make_reward(n, judges, **(crop if n in ("psr", "confusion") else {}),
+                                 **({"misses": cfg.psr_misses} if n == "psr" else {})) for n in cfg.rewards}
     eval_fns = {n: make_reward(n, eval_judges, **(crop if n == "psr" else {})) for n in ("psr", "semantic", "aesthetic")}
     # Every reference grounded and embedded once, in one fixed pass: a resumed run's rewards are
     # then bit for bit those of an uninterrupted run (see rewards.remember_references).
@@ -112,7 +113,8 @@ def build_rl(params: Params, paths, logger: StepLogger | None = None) -> RLSetup
 
     settings = RolloutSettings(cfg.group_size, cfg.groups_per_batch, cfg.batches, cfg.rollout_steps, cfg.window_size,
                                tuple(cfg.window_range), cfg.eta, sampling.guidance,
-                               "bf16" if train.mixed_precision == "bf16" else "fp32", cfg.advantage)
+                               "bf16" if train.mixed_precision == "bf16" else "fp32", cfg.advantage,
+                               cfg.advantage_scale)
 
     def log_iteration(step, record):
         logger.metrics({k: v for k, v in record.items() if k not in ("step",)}, step, prefix="rl/")

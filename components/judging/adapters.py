@@ -239,10 +239,8 @@ class HFZeroShotGrounder:
         for start in range(0, len(images), self.batch_size):
             chunk = slice(start, start + self.batch_size)
             for im, (box, score) in zip(images[chunk], self._top_boxes(images[chunk], categories[chunk])):
-                if box is None or score < self.threshold:
-                    found.append(Grounding(None, score))
-                else:
-                    found.append(Grounding(_pixel_box(box, im.shape[1], im.shape[0]), score))
+                pixels = None if box is None else _pixel_box(box, im.shape[1], im.shape[0])
+                found.append(Grounding(pixels if score >= self.threshold else None, score, pixels))
         return found
 
 

@@ -20,10 +20,12 @@ Box = tuple[int, int, int, int]
 @dataclass(frozen=True)
 class Grounding:
     """Where a grounder found a category: the box, or None when it found nothing, and its
-    confidence."""
+    confidence. ``candidate`` is the top box even when its confidence is below the grounder's
+    threshold (None when the grounder proposed nothing): graded rewards read it."""
 
     box: Box | None
     score: float
+    candidate: Box | None = None
 
     @property
     def found(self) -> bool:

@@ -162,13 +162,11 @@ class WorldGrounder:
         best, boxes = self.scores(images, categories)
         out = []
         for img, s, b in zip(images, best, boxes):
-            if s < self.threshold:
-                out.append(Grounding(None, float(s)))
-                continue
             h, w = np.asarray(img).shape[:2]
             x0, y0 = int(np.clip(round(b[0]), 0, w - 1)), int(np.clip(round(b[1]), 0, h - 1))
             x1, y1 = int(np.clip(round(b[2]), x0 + 1, w)), int(np.clip(round(b[3]), y0 + 1, h))
-            out.append(Grounding((x0, y0, x1, y1), float(s)))
+            box = (x0, y0, x1, y1)
+            out.append(Grounding(box if s >= self.threshold else None, float(s), box))
         return out
 
     def save(self, directory: str | Path) -> Path:

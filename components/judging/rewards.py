@@ -90,15 +90,17 @@ def remember_references(judges: JudgeSet, meta, crop_size: int = 32) -> None:
         judges.encoder.embed(crops)
 
 
-def _subject_embeddings(judges: JudgeSet, images, meta, crop_size: int):
+def _subject_embeddings(judges: JudgeSet, images, meta, crop_size: int, candidates: bool = False):
     """Embeddings of every grounded subject crop in the outputs and in the references, with
-    None where the grounder found nothing."""
+    None where the grounder found nothing (or, with ``candidates``, where it proposed no box
+    at all in the output: a subject below the threshold is then cropped at its candidate)."""
     per_out, per_ref = _ground_subjects(judges, images, meta)
     crops, where = [], []
     for i, (img, m) in enumerate(zip(images, meta)):
         for k, (go, gr) in enumerate(zip(per_out[i], per_ref[i])):
-            if go.found:
-                crops.append(crop_subject(img, go.box, crop_size))
+            box = go.box if go.found else (go.candidate if candidates else None)
+            if box is not None:
+                crops.append(crop_subject(img, box, crop_size))
                 where.append((i, k, "out"))
             if gr.found:
                 crops.append(crop_subject(m["refs"][k], gr.box, crop_size))
@@ -112,19 +114,31 @@ def _subject_embeddings(judges: JudgeSet, images, meta, crop_size: int):
 
 
 @register("psr")
-def psr_reward(judges: JudgeSet, crop_size: int = 32) -> RewardFn:
+def psr_reward(judges: JudgeSet, crop_size: int = 32, misses: str = "zero") -> RewardFn:
+    """``misses``: how a subject the grounder misses in the output scores. ``zero`` (PSR's,
+    the benchmark's SC) gives it 0; ``graded`` gives it the cosine of the crop at the
+    grounder's below-threshold candidate box times confidence / threshold, so a subject almost
+    found earns almost its similarity instead of dropping off a cliff (a reward shaping for RL:
+    the same images' ``missing`` count is unchanged)."""
+    if misses not in ("zero", "graded"):
+        raise ValueError(f"misses must be 'zero' or 'graded', got {misses!r}")
+    graded = misses == "graded"
+    threshold = float(judges.grounder.threshold) if graded else 1.0
+
     def reward(images, prompts, meta) -> RewardOutput:
-        out, ref, _, _ = _subject_embeddings(judges, images, meta, crop_size)
+        out, ref, per_out, _ = _subject_embeddings(judges, images, meta, crop_size, candidates=graded)
         scores, missing, ref_missing, confusion = [], [], [], []
-        for o, r in zip(out, ref):
+        for o, r, gs in zip(out, ref, per_out):
             sims, conf = [], []
-            for i, (oi, ri) in enumerate(zip(o, r)):
-                sims.append(float(oi @ ri) if oi is not None and ri is not None else 0.0)
-                others = [float(oi @ rj) for j, rj in enumerate(r) if j != i and oi is not None and rj is not None]
+            for i, (oi, ri, g) in enumerate(zip(o, r, gs)):
+                weight = 1.0 if g.found else min(1.0, g.score / threshold)
+                sims.append(weight * float(oi @ ri) if oi is not None and ri is not None else 0.0)
+                others = [float(oi @ rj) for j, rj in enumerate(r)
+                          if j != i and g.found and oi is not None and rj is not None]
                 if others:
                     conf.append(max(others))
             scores.append(float(np.mean(sims)) if sims else 0.0)
-            missing.append(sum(x is None for x in o))
+            missing.append(sum(not g.found for g in gs))
             ref_missing.append(sum(x is None for x in r))
             confusion.append(float(np.mean(conf)) if conf else np.nan)
         return RewardOutput(np.asarray(scores, np.float32), {

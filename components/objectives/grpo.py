@@ -34,7 +34,7 @@ from .base import Objective, Terms
 # --- advantages -------------------------------------------------------------------------------
 
 def group_advantages(rewards: Mapping[str, np.ndarray], weights: Mapping[str, float], groups: Sequence,
-                     mode: str = "per_reward", eps: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+                     mode: str = "per_reward", eps: float = 1e-4, scale: str = "group") -> tuple[np.ndarray, np.ndarray]:
     """Advantages of N samples and which samples train (``(A, keep)``).
 
     ``rewards[name]`` (N,) per reward, ``groups`` (N,) the group key of each sample (a prompt
@@ -43,29 +43,39 @@ def group_advantages(rewards: Mapping[str, np.ndarray], weights: Mapping[str, fl
       then the normalised rewards are weighted and summed, so the weights mean what they say
       whatever each reward's scale and spread;
     - ``sum``: Flow-GRPO's, the weighted sum of raw rewards normalised within its group.
+    ``scale``: what the deviations from the group mean are divided by: the group's own std
+    (``group``, GRPO's), or the pooled within-group std of the whole batch (``batch``, like
+    Flow-GRPO's ``global_std``): a group whose samples barely differ then keeps small
+    advantages instead of having its differences, mostly judge noise, blown up to unit size.
     A group whose rewards have zero spread (every reward tied in ``per_reward``, the sum tied in
     ``sum``) carries no signal: its samples get ``keep`` False (and advantage 0)."""
     if mode not in ("per_reward", "sum"):
         raise ValueError(f"advantage mode must be 'per_reward' or 'sum', not {mode!r}")
+    if scale not in ("group", "batch"):
+        raise ValueError(f"advantage scale must be 'group' or 'batch', not {scale!r}")
     keys = np.asarray([str(g) for g in groups])
     n = len(keys)
     parts = {k: np.asarray(rewards[k], np.float64) for k in weights}
     if any(len(v) != n for v in parts.values()):
         raise ValueError("every reward needs one score per sample")
+    if mode == "sum":
+        series, scales = [sum(w * parts[k] for k, w in weights.items())], [1.0]
+    else:
+        series, scales = [parts[k] for k in weights], list(weights.values())
+    members = [np.flatnonzero(keys == key) for key in np.unique(keys)]
+    deviations = np.zeros((len(series), n))
+    for idx in members:
+        for j, s in enumerate(series):
+            deviations[j, idx] = s[idx] - s[idx].mean()
+    pooled = np.sqrt((deviations ** 2).mean(axis=1))  # (series,): the batch's within-group std
     adv, keep = np.zeros(n), np.zeros(n, bool)
-    for key in np.unique(keys):
-        idx = np.flatnonzero(keys == key)
-        if mode == "sum":
-            series = [sum(w * parts[k][idx] for k, w in weights.items())]
-            scales = [1.0]
-        else:
-            series = [parts[k][idx] for k in weights]
-            scales = list(weights.values())
+    for idx in members:
         a, spread = np.zeros(len(idx)), False
-        for s, w in zip(series, scales):
-            if s.max() > s.min():  # not s.std() > 0: the mean of equal floats can round off them
+        for j, (s, w) in enumerate(zip(series, scales)):
+            if s[idx].max() > s[idx].min():  # not s.std() > 0: the mean of equal floats can round off them
                 spread = True
-                a += w * (s - s.mean()) / (s.std() + eps)
+                std = s[idx].std() if scale == "group" else pooled[j]
+                a += w * deviations[j, idx] / (std + eps)
         if spread:
             adv[idx], keep[idx] = a, True
     return adv.astype(np.float32), keep
