@@ -17,6 +17,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import mlflow  # noqa: E402
 from prefect import flow, get_run_logger, runtime, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 
 from components.config import load_params  # noqa: E402
@@ -115,7 +116,7 @@ def run_stage(project: str, name: str, parent_run_id: str, force: bool = False) 
             "metrics": tracking.numeric_metrics(metrics)}
 
 
-def _summary_markdown(results: list[dict], wall: float, url: str, pushed: int | None) -> str:
+def _summary_markdown(results: list[dict], wall: float, url: str, pushed: int | None, promoted: dict | None) -> str:
     lines = ["# subjectflow pipeline run", "", f"MLflow: {url}", "",
              "| stage | state | compute (s) | why |", "|---|---|---|---|"]
     for r in results:
@@ -125,7 +126,30 @@ def _summary_markdown(results: list[dict], wall: float, url: str, pushed: int | 
     lines += ["", f"Flow wall time {wall:.1f}s, stage compute {compute:.1f}s."]
     if pushed is not None:
         lines.append(f"DVC push: {pushed} file(s) sent to the default remote.")
+    if promoted is not None:
+        lines.append(f"Promotion: {promoted['verdict']} (version {promoted['version']}; champion "
+                     f"{promoted['champion_before']} -> {promoted['champion_after']}); see the artifact `promotion`.")
     return "\n".join(lines) + "\n"
+
+
+@task(cache_policy=NO_CACHE)
+def promote_task(project: str, version: int | None = None, rollback: bool = False) -> dict:
+    """The promotion gate (components/promote.py) on the project's registry; its decision goes to
+    the active MLflow run, the version's tags and the Prefect artifact ``promotion``."""
+    from components.promote import promote
+
+    root = Path(project)
+    decision = promote(load_params(root / "params.yaml"), root, version, rollback)
+    get_run_logger().info("promotion: %s (version %s, champion %s -> %s)", decision.verdict, decision.version,
+                          decision.champion_before, decision.champion_after)
+    return decision.as_dict()
+
+
+@flow(name="subjectflow-promote", log_prints=True)
+def promotion(project: str = ".", version: int | None = None, rollback: bool = False) -> dict:
+    """The gate alone (``subjectflow promote``): @candidate against @champion, or promote
+    ``version`` by hand, or roll back."""
+    return promote_task(str(Path(project).resolve()), version, rollback)
 
 
 @flow(name="subjectflow-pipeline", log_prints=True)
@@ -145,7 +169,7 @@ def pipeline(project: str = ".", stages: list[str] | None = None, force: bool = 
     results: list[dict] = []
     t0 = time.perf_counter()
     with mlflow.start_run(run_name=f"pipeline-{runtime.flow_run.name or 'local'}", tags=tags) as parent:
-        pushed = None
+        pushed = promoted = None
         try:
             for info in selected:
                 stage_task = run_stage.with_options(task_run_name=info.name, retries=params.pipeline.retries,
@@ -159,14 +183,17 @@ def pipeline(project: str = ".", stages: list[str] | None = None, force: bool = 
             changed = any(r["state"] in ("ran", "restored") for r in results)
             if changed and (push if push is not None else params.pipeline.push):
                 pushed = lineage.push(root)
+            if stages is None and params.promote.auto and any(info.name == "register" for info in selected):
+                promoted = promote_task(str(root))
         finally:
             wall = time.perf_counter() - t0
             compute = sum(r.get("seconds", 0.0) for r in results)
             mlflow.log_metrics({"flow.seconds": wall, "flow.stage_compute_seconds": compute,
                                 "flow.stages_ran": sum(r["state"] == "ran" for r in results)})
             url = tracking.run_url(parent)
-            md = _summary_markdown(results, wall, url, pushed)
+            md = _summary_markdown(results, wall, url, pushed, promoted)
             mlflow.log_text(md, "summary.md")
             mlflow.set_tag("flow.state", "failed" if any(r["state"] == "failed" for r in results) else "completed")
             create_markdown_artifact(md, key="subjectflow-pipeline", description="stages, states and the MLflow run")
-    return {"parent_run_id": parent.info.run_id, "stages": results, "seconds": wall, "mlflow_url": url}
+    return {"parent_run_id": parent.info.run_id, "stages": results, "seconds": wall, "mlflow_url": url,
+            "promotion": promoted}

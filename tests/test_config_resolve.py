@@ -4,6 +4,8 @@ in a stage hours into a run; here it fails in load_params, naming the key and th
 touches the network: the hub check is replaced wherever an id is not cached."""
 from __future__ import annotations
 
+import re
+
 import json
 
 import pytest
@@ -70,7 +72,7 @@ def test_the_shipped_project_resolves_and_so_does_a_folder_outside_one(tmp_path)
 
 
 def test_a_trained_generator_is_known_by_its_stage_or_its_folder(tmp_path):
-    f = _project(tmp_path, evaluate={"generators": ["oracle", "sft", "patchdpo"], "compare": []})
+    f = _project(tmp_path, evaluate={"generators": ["oracle", "sft", "rl", "patchdpo"], "compare": []})
     with pytest.raises(ParamsError, match=r"unknown generator\(s\) \['patchdpo'\]"):
         load_params(f)
     (tmp_path / "models" / "patchdpo").mkdir(parents=True)
@@ -85,13 +87,15 @@ def test_a_trained_generator_is_known_by_its_stage_or_its_folder(tmp_path):
         load_params(f)
     dvc["stages"]["evaluate"]["deps"].append("models/patchdpo")
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
-    assert load_params(f).evaluate.generators == ["oracle", "sft", "patchdpo"]
+    assert load_params(f).evaluate.generators == ["oracle", "sft", "rl", "patchdpo"]
 
 
-def test_the_registered_generator_must_be_scored(tmp_path):
+def test_every_registered_generator_must_be_scored(tmp_path):
     f = _project(tmp_path, evaluate={"generators": ["oracle", "pretrain"], "compare": []})
-    with pytest.raises(ParamsError, match=r"registers models/sft.*add 'sft' to evaluate\.generators"):
+    with pytest.raises(ParamsError) as e:
         load_params(f)
+    for name in ("sft", "rl"):
+        assert re.search(rf"registers models/{name}.*add '{name}' to evaluate\.generators", str(e.value))
 
 
 def test_the_reference_generator_names_are_the_benchmarks():
@@ -182,7 +186,7 @@ def test_a_missing_flux_folder_is_named(tmp_path, no_hub):
 
 def test_every_problem_is_one_line(tmp_path, no_hub):
     f = _project(tmp_path, judges={"encoder_model": "./dino", "grounder_model": "org/owl"},
-                 evaluate={"generators": ["oracle", "sft", "dalle"], "compare": []},
+                 evaluate={"generators": ["oracle", "sft", "rl", "dalle"], "compare": []},
                  pipeline={"tracking_uri": f"sqlite:///{tmp_path}/no/such/folder/mlflow.db"})
     with pytest.raises(ParamsError) as e:
         load_params(f)

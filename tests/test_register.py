@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import mlflow
+import pandas as pd
 import pytest
 import yaml
 
@@ -20,9 +21,10 @@ SMALL_GEN = {"width": 32, "heads": 2, "double_blocks": 1, "single_blocks": 1, "t
 NAME = "subjectflow-generator"
 
 
-def _scores(sc: float) -> dict:
+def _scores(sc: float, rl_sc: float = 0.7) -> dict:
     overall = {"SC": sc, "SA": 0.5, "AES": 0.25, "missing_rate": 0.0}
     return {"judge_set": "eval", "samples": 7, "sft": {"Overall": overall, "Four": overall},
+            "rl": {"Overall": {**overall, "SC": rl_sc}, "Four": {**overall, "SC": rl_sc}},
             "compare": {"sft": {"pretrain": {"Overall": {"SC": {"difference": 0.1, "low": 0.0, "high": 0.2}}}}}}
 
 
@@ -32,6 +34,7 @@ def project(tmp_path, monkeypatch):
     params["pipeline"]["tracking_uri"] = f"sqlite:///{tmp_path}/mlflow.db"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     SubjectGenerator.tiny(**SMALL_GEN, seed=0).save_pretrained(tmp_path / "models" / "sft")
+    SubjectGenerator.tiny(**SMALL_GEN, seed=2).save_pretrained(tmp_path / "models" / "rl")
     (tmp_path / "metrics").mkdir()
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SUBJECTFLOW_MLFLOW_RUN_ID", raising=False)
@@ -42,10 +45,19 @@ def project(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(None)
 
 
-def _register(root, sc=0.75):
-    (root / "metrics" / "evaluate.json").write_text(json.dumps(_scores(sc)))
-    assert register.main(["--params", "params.yaml", "--model", "models/sft", "--scores", "metrics/evaluate.json",
-                          "--reports", "reports/register", "--project", ".", "--metrics", "metrics/register.json"]) == 0
+ARGS = ["--params", "params.yaml", "--model", "models/sft", "models/rl", "--scores", "metrics/evaluate.json",
+        "--bench-scores", "reports/evaluate/scores.csv", "--reports", "reports/register", "--project", ".",
+        "--metrics", "metrics/register.json"]
+
+
+def _register(root, sc=0.75, rl_sc=0.7):
+    (root / "metrics" / "evaluate.json").write_text(json.dumps(_scores(sc, rl_sc)))
+    rows = pd.DataFrame([{"generator": g, "id": f"bench-four-{i:04d}", "subset": "Four", "n_subjects": 4,
+                          "SC": s + 0.01 * i, "SA": 0.5, "AES": 0.25} for g, s in (("sft", sc), ("rl", rl_sc))
+                         for i in range(3)])
+    (root / "reports" / "evaluate").mkdir(parents=True, exist_ok=True)
+    rows.to_csv(root / "reports" / "evaluate" / "scores.csv", index=False)
+    assert register.main(ARGS) == 0
     return json.loads((root / "reports" / "register" / "registered.json").read_text())
 
 
@@ -53,34 +65,48 @@ def _versions():
     return sorted(int(v.version) for v in mlflow.MlflowClient().search_model_versions(f"name = '{NAME}'"))
 
 
-def test_an_unchanged_model_is_registered_once(project, capsys):
+def _candidate() -> str:
+    return str(mlflow.MlflowClient().get_model_version_by_alias(NAME, "candidate").version)
+
+
+def test_every_scored_generator_is_registered_once_and_the_best_is_the_candidate(project, capsys):
     first = _register(project)
-    assert first["version"] == 1 and not first["reused"]
+    assert (first["candidate"], first["version"]) == ("sft", 1)  # SC 0.75 beats rl's 0.70
+    assert [(v["generator"], v["version"], v["reused"]) for v in first["versions"]] == [("sft", 1, False),
+                                                                                         ("rl", 2, False)]
     client = mlflow.MlflowClient()
-    v1 = client.get_model_version(NAME, "1")
+    v1, v2 = client.get_model_version(NAME, "1"), client.get_model_version(NAME, "2")
     assert v1.tags[register.MODEL_HASH_TAG] == folder_hash(project / "models" / "sft")
-    assert v1.tags["bench.Overall.SC"] == "0.7500" and v1.tags["run_id"] == first["run_id"]
+    assert v2.tags[register.MODEL_HASH_TAG] == folder_hash(project / "models" / "rl")
+    assert v1.tags["bench.Overall.SC"] == "0.7500" and v2.tags["bench.Overall.SC"] == "0.7000"
+    assert v1.tags["run_id"] == first["run_id"] and v1.tags["generator"] == "sft"
+    # what the promotion gate reads: the rows that scored it, and which benchmark that was
+    rows = pd.read_csv(mlflow.artifacts.download_artifacts(v2.tags[register.SCORES_URI_TAG], dst_path=str(project / "dl")))
+    assert set(rows["generator"]) == {"rl"} and rows["SC"].tolist() == pytest.approx([0.70, 0.71, 0.72])
+    assert v2.tags["bench.rows"] == "3" and v2.tags["bench.judge_set"] == "eval"
+    assert v2.tags["bench.dataset"] == v2.tags["bench.judges"] == "unversioned"  # no dvc.lock here
     # the register metrics file holds no timings: they went to the run record
     assert "peak_rss_mb" not in json.loads((project / "metrics" / "register.json").read_text())
     assert json.loads((project / "record.json").read_text())["timings"]["peak_rss_mb"] > 0
 
-    again = _register(project, sc=0.8)  # same folder, a new benchmark: no new version
-    assert again["version"] == 1 and again["reused"] and _versions() == [1]
+    again = _register(project, sc=0.8, rl_sc=0.9)  # same folders, a new benchmark: no new version
+    assert (again["candidate"], again["version"]) == ("rl", 2) and _versions() == [1, 2]
+    assert all(v["reused"] for v in again["versions"])
     assert "no new version" in capsys.readouterr().out
     v1 = client.get_model_version(NAME, "1")
     assert v1.tags["bench.Overall.SC"] == "0.8000"  # today's scores
     assert v1.tags["run_id"] == first["run_id"]  # lineage: the run that logged it
-    assert str(client.get_model_version_by_alias(NAME, "candidate").version) == "1"
-    assert not mlflow.search_logged_models(output_format="list")[1:]  # one logged model
+    assert v1.tags[register.SCORES_URI_TAG].startswith(f"runs:/{again['run_id']}/")  # today's rows
+    assert _candidate() == "2"
+    assert len(mlflow.search_logged_models(output_format="list")) == 2  # one logged model each
 
     SubjectGenerator.tiny(**SMALL_GEN, seed=1).save_pretrained(project / "models" / "sft")  # retrained
-    assert _register(project)["version"] == 2 and _versions() == [1, 2]
-    assert str(client.get_model_version_by_alias(NAME, "candidate").version) == "2"
+    assert _register(project)["version"] == 3 and _versions() == [1, 2, 3] and _candidate() == "3"
 
     SubjectGenerator.tiny(**SMALL_GEN, seed=0).save_pretrained(project / "models" / "sft")  # back to the first
     back = _register(project)
-    assert back["version"] == 1 and back["reused"] and _versions() == [1, 2]
-    assert str(client.get_model_version_by_alias(NAME, "candidate").version) == "1"
+    assert back["version"] == 1 and back["versions"][0]["reused"] and _versions() == [1, 2, 3]
+    assert _candidate() == "1"
 
 
 @pytest.mark.parametrize("alias", ["latest", "v3", "release candidate"])
@@ -91,8 +117,7 @@ def test_an_alias_mlflow_refuses_fails_before_anything_is_registered(project, ca
     params["register"]["alias"] = alias
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (project / "metrics" / "evaluate.json").write_text(json.dumps(_scores(0.75)))
-    assert register.main(["--params", "params.yaml", "--model", "models/sft", "--scores", "metrics/evaluate.json",
-                          "--reports", "reports/register", "--project", ".", "--metrics", "metrics/register.json"]) == 2
+    assert register.main(ARGS) == 2
     assert "register.alias" in capsys.readouterr().err
     assert not (project / "mlflow.db").exists() and not (project / "reports" / "register").exists()
 

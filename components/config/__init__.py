@@ -10,7 +10,7 @@ from pydantic import ConfigDict, Field, ValidationError, model_validator
 from ..world.scenes import N_SUBJECTS
 from .base import ParamsError, Section, known_tasks
 from .data import GROUNDER_STRIDE, EvaluateParams, JudgesParams, SynthesizeParams, ValidateParams
-from .operations import PipelineParams, RegisterParams, ResourcesParams
+from .operations import PipelineParams, PromoteParams, RegisterParams, ResourcesParams
 from .resolve import check_resolvable
 from .training import (
     GeneratorParams,
@@ -24,7 +24,7 @@ from .training import (
 )
 
 __all__ = ["EvaluateParams", "GeneratorParams", "JudgesParams", "MultisubjectParams", "Params", "ParamsError",
-           "PipelineParams", "PretrainParams", "RegisterParams", "ResourcesParams", "RLParams", "Section", "SftParams",
+           "PipelineParams", "PretrainParams", "PromoteParams", "RegisterParams", "ResourcesParams", "RLParams", "Section", "SftParams",
            "StageTrainingParams", "SynthesizeParams", "TrainConfig", "TrainingParams", "ValidateParams",
            "check_resolvable", "known_tasks", "load_params", "section_dict"]
 
@@ -41,6 +41,7 @@ class Params(Section):
     rl: RLParams = RLParams()
     register_: RegisterParams = Field(RegisterParams(), alias="register")
     evaluate: EvaluateParams = EvaluateParams()
+    promote: PromoteParams = PromoteParams()
     resources: ResourcesParams = ResourcesParams()
     pipeline: PipelineParams = PipelineParams()
 
@@ -55,6 +56,9 @@ class Params(Section):
             problems.append("multisubject.judge_set must be 'reward': bootstrapping filters training data with the "
                             "judges that give rewards; the 'eval' judges score the benchmark and must never have "
                             "shaped what the generator trains on")
+        if self.promote.alias == self.register_.alias:
+            problems.append(f"promote.alias and register.alias are both {self.promote.alias!r}: the gate moves "
+                            "@champion to the version register points @candidate at, so they need two names")
         if problems:
             raise ValueError("\n  ".join(problems))
         return self

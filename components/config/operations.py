@@ -8,7 +8,7 @@ from __future__ import annotations
 import posixpath
 import re
 from pathlib import PurePosixPath
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, field_validator
@@ -30,12 +30,14 @@ _STORE_SCHEMES = {"", "file", "databricks", "databricks-uc", "uc", "http", "http
 
 
 class RegisterParams(Section):
-    """Where the trained generator goes in the MLflow model registry."""
+    """Where the trained generators go in the MLflow model registry."""
 
     model_name: str = Field("subjectflow-generator", description="Registered model name (no '/', ':' or '%'; "
                             f"at most {MAX_MODEL_NAME_LENGTH} characters).")
-    alias: str = Field("candidate", description="Alias the new version gets (promotion moves @champion): letters, "
-                       "digits, '_' and '-'; not 'latest' nor v<digits>, which MLflow reserves.")
+    alias: str = Field("candidate", description="Alias of the best registered version (promotion moves @champion): "
+                       "letters, digits, '_' and '-'; not 'latest' nor v<digits>, which MLflow reserves.")
+    candidate_by: Literal["SC", "SA", "AES"] = Field(
+        "SC", description="The candidate is the registered generator with the best Overall benchmark score in this.")
 
     @field_validator("model_name")
     @classmethod
@@ -64,6 +66,45 @@ class RegisterParams(Section):
         if v.lower() == "latest" or _VERSION_ALIAS.match(v):
             raise ValueError(f"MLflow reserves {v!r} (it means a version: 'latest', 'v3'); pick another, e.g. "
                              "'candidate'")
+        return v
+
+
+class Scores(Section):
+    """One number per benchmark dimension."""
+
+    SC: float
+    SA: float
+    AES: float
+
+
+class PromoteParams(Section):
+    """The gate that moves ``@champion`` (components/promote.py); not tracked by DVC: it decides
+    about the registry and produces no file."""
+
+    auto: bool = Field(True, description="The pipeline flow runs the gate after a whole-DAG run.")
+    alias: str = Field("champion", description="The alias the gate moves (the model in use).")
+    margins: Scores = Field(
+        Scores(SC=0.0, SA=0.01, AES=0.01),
+        description="Promote only if the paired-bootstrap 95% interval of candidate - champion (Overall, same "
+                    "benchmark rows) has its low end above margins.SC, and not below -margins.SA / -margins.AES.")
+    floors: Scores = Field(
+        Scores(SC=0.2, SA=0.4, AES=0.2),
+        description="With no champion yet, the candidate's Overall scores must reach these to become champion.")
+    resamples: Annotated[int, Field(ge=100)] = Field(2000, description="Bootstrap resamples.")
+    seed: int = Field(0, description="Bootstrap seed.")
+    lock_timeout_seconds: Annotated[float, Field(gt=0)] = Field(
+        600.0, description="How long a promotion waits for another one to finish before it gives up.")
+
+    @field_validator("alias")
+    @classmethod
+    def _registry_alias(cls, v):
+        return RegisterParams._registry_alias(v)
+
+    @field_validator("margins")
+    @classmethod
+    def _margins(cls, v):
+        if v.SA < 0 or v.AES < 0:
+            raise ValueError("margins.SA and margins.AES are how much worse is tolerated: 0 or more")
         return v
 
 

@@ -112,6 +112,13 @@ class Stage:
     def arg(self, flag: str) -> str | None:
         return self.argv[self.argv.index(flag) + 1] if flag in self.argv[:-1] else None
 
+    def args(self, flag: str) -> list[str]:
+        """Every value after ``flag`` up to the next option (``--model a b``: [a, b])."""
+        if flag not in self.argv:
+            return []
+        rest = self.argv[self.argv.index(flag) + 1:]
+        return rest[:next((i for i, a in enumerate(rest) if a.startswith("--")), len(rest))]
+
     def depends_on(self, path: str) -> bool:
         return any(path == d or path.startswith(d + "/") for d in self.deps)
 
@@ -178,12 +185,12 @@ def generator_problems(params, root: Path) -> list[str]:
                              f"{evaluate.name} stage does not depend on {models}/{g}, so DVC may score it before it "
                              f"is trained (or score a stale one); fix: add {models}/{g} to {evaluate.name}'s deps")
     register = next((s for s in stages if s.runs("components.register")), None)
-    registered = register.arg("--model") if register else None
-    if registered and PurePosixPath(registered).name not in names:
+    for registered in register.args("--model") if register else []:
         name = PurePosixPath(registered).name
-        found.append(f"evaluate.generators: dvc.yaml's {register.name} stage registers {registered}, whose version "
-                     f"carries its benchmark scores, but evaluate.generators does not score {name!r}; fix: add "
-                     f"{name!r} to evaluate.generators")
+        if name not in names:
+            found.append(f"evaluate.generators: dvc.yaml's {register.name} stage registers {registered}, whose version "
+                         f"carries its benchmark scores, but evaluate.generators does not score {name!r}; fix: add "
+                         f"{name!r} to evaluate.generators")
     return found
 
 

@@ -4,6 +4,7 @@
     subjectflow stage NAME     one stage, through the same flow
     subjectflow status         which stages are stale and why
     subjectflow benchmark --generator NAME   score one generator on the benchmark
+    subjectflow promote [--version N | --rollback]   the gate that moves @champion
     subjectflow generate --model URI --ref a.png [--ref b.png ...] "prompt" --out out.png
     subjectflow ui             MLflow UI and Prefect server on 127.0.0.1
 """
@@ -62,6 +63,10 @@ def _print_summary(summary: dict) -> None:
     print("\nstage        state      compute")
     for r in summary["stages"]:
         print(f"{r['stage']:<12} {r['state']:<10} {r.get('seconds', 0.0):7.1f}s")
+    promoted = summary.get("promotion")
+    if promoted:
+        print(f"{'promote':<12} {promoted['verdict']:<10} version {promoted['version']}, champion "
+              f"{promoted['champion_before']} -> {promoted['champion_after']}")
     print(f"\nflow wall time {summary['seconds']:.1f}s")
     print(f"MLflow: {summary['mlflow_url']}")
 
@@ -134,6 +139,25 @@ def cmd_benchmark(args) -> int:
     print((reports / "table.md").read_text())
     print(f"reports: {reports}\nMLflow: {tracking.run_url(run)}")
     return 0
+
+
+def cmd_promote(args) -> int:
+    """The promotion gate: @candidate against @champion on the same benchmark rows (or a
+    version by hand, or a rollback); exit 0 when @champion ends where the command asked, 1 when
+    the gate refused."""
+    from components.config import load_params
+    from components.promote import Decision, PromotionError
+
+    root = _project(args)
+    load_params(root / "params.yaml")
+    from flows.pipeline import promotion
+
+    try:
+        decided = promotion(project=str(root), version=args.version, rollback=args.rollback)
+    except PromotionError as e:
+        raise UsageError(str(e)) from None
+    print(Decision(**decided).markdown())
+    return 1 if decided["verdict"] == "refused" else 0
 
 
 def _image_out(path: str) -> Path:
@@ -319,6 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="oracle, copy_paste, background_only, noise, or a trained generator under models/ (pretrain)")
     p.add_argument("--per-subset", type=_positive_int, default=None,
                    help="rows per subset (default: params.evaluate.per_subset)")
+    p = add("promote", cmd_promote, "move @champion to @candidate if the gate passes (or by hand, or back)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--version", type=_positive_int, default=None,
+                       help="promote this version by hand (the gate still reports what it would decide)")
+    which.add_argument("--rollback", action="store_true", help="move @champion back to the version it replaced")
     p = add("generate", cmd_generate, "generate an image from a registered or local generator")
     p.add_argument("--model", required=True,
                    help="models:/subjectflow-generator@candidate (any MLflow model URI) or a generator folder")

@@ -44,7 +44,7 @@ def stage_main(name: str, run: Callable[[Params, object], dict], paths_cls, argv
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml to read")
     for f in dataclasses.fields(paths_cls):
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=Path, required=True,
-                            help=f.metadata.get("help", ""))
+                            nargs="+" if f.metadata.get("many") else None, help=f.metadata.get("help", ""))
     parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON written for `dvc metrics`")
     args = parser.parse_args(argv)
     try:
@@ -82,6 +82,7 @@ def peak_rss_mb() -> float:
     return round(kib / 1024, 1)
 
 
-def path_field(help: str):
-    """A path argument of a stage, documented for its --help."""
-    return dataclasses.field(metadata={"help": help})
+def path_field(help: str, many: bool = False):
+    """A path argument of a stage, documented for its --help; ``many``: one or more paths
+    (``--model models/sft models/rl``), given to the stage as a list."""
+    return dataclasses.field(metadata={"help": help, "many": many})
