@@ -87,7 +87,8 @@ def run_stage(project: str, name: str, parent_run_id: str, force: bool = False) 
         reproduced, error = False, None
         if reasons or force:  # DVC already said "up to date": asking it again costs seconds
             try:
-                reproduced = lineage.reproduce(root, name, env=env, force=force)
+                with tracking.system_metrics(stage_run, params.pipeline.system_metrics_seconds):
+                    reproduced = lineage.reproduce(root, name, env=env, force=force)
             except Exception as e:  # DVC wraps the command's failure
                 error = e
         record = _read_json(record_path)

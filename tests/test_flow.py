@@ -62,6 +62,9 @@ def test_first_run_runs_every_stage_and_records_it(project):
         assert tags["stage.state"] == "ran" and tags["git.commit"] == head
         for out, md5 in lineage.locked_outs(root, name).items():
             assert tags[f"dvc.out.{out}"] == md5 and md5
+    for name in ("sft", "rl"):  # sampled while the stage ran (stages shorter than a sample have none)
+        metrics = kids[name].data.metrics
+        assert metrics["system/cpu_utilization_percentage"] >= 0 and metrics["system/system_memory_usage_megabytes"] > 0
     syn = kids["synthesize"]
     assert syn.data.params["synthesize.single"] == str(tiny_params()["synthesize"]["single"])
     assert syn.data.metrics["multi.samples"] == tiny_params()["synthesize"]["multi"]
@@ -142,15 +145,26 @@ def test_metrics_files_hold_no_timings_and_mlflow_has_them(project):
         assert {f"timing.{gen}.generate_seconds", f"timing.{gen}.score_seconds"} <= set(kids["evaluate"].data.metrics)
 
 
-def test_the_sft_generator_is_registered_with_scores_and_lineage(project, tmp_path):
+def test_the_trained_generators_are_registered_with_scores_and_lineage_and_one_promoted(project, tmp_path):
     from components.models.pyfunc import generate
     from components.pipeline.cli import main as cli_main
 
     root, summary = project
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     client = mlflow.MlflowClient()
-    version = client.get_model_version_by_alias("subjectflow-generator", "candidate")
-    assert str(version.version) == "1"
+    versions = {v.tags["generator"]: v for v in client.search_model_versions("name = 'subjectflow-generator'")}
+    assert sorted(versions) == ["rl", "sft"]
+    assert versions["rl"].tags["dvc.models/rl"] == lineage.locked_outs(root, "rl")["models/rl"]
+    # @candidate is the better of the two by Overall SC, and the gate made it champion (floors 0 here)
+    registered = json.loads((root / "reports" / "register" / "registered.json").read_text())
+    best = max(("sft", "rl"), key=lambda g: float(versions[g].tags["bench.Overall.SC"]))  # sft first among equals
+    candidate = client.get_model_version_by_alias("subjectflow-generator", "candidate")
+    assert registered["candidate"] == best and candidate.version == versions[best].version
+    assert summary["promotion"]["verdict"] == "promoted" and summary["promotion"]["champion_before"] is None
+    champion = client.get_model_version_by_alias("subjectflow-generator", "champion")
+    assert champion.version == candidate.version and champion.tags["promotion.verdict"] == "promoted"
+    assert mlflow.get_run(summary["parent_run_id"]).data.tags["promotion.verdict"] == "promoted"
+    version = client.get_model_version("subjectflow-generator", versions["sft"].version)
     tags = version.tags
     assert tags["dvc.models/sft"] == lineage.locked_outs(root, "sft")["models/sft"]
     assert tags["dvc.data/multisubject"] == lineage.locked_outs(root, "multisubject")["data/multisubject"]
@@ -232,11 +246,12 @@ def test_an_unchanged_model_is_never_registered_twice(project):
     assert _states(summary) == {"register": "ran"}
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     client = mlflow.MlflowClient()
-    assert [str(v.version) for v in client.search_model_versions("name = 'subjectflow-generator'")] == ["1"]
-    assert str(client.get_model_version_by_alias("subjectflow-generator", "candidate").version) == "1"
+    assert sorted(str(v.version) for v in client.search_model_versions("name = 'subjectflow-generator'")) == ["1", "2"]
     registered = json.loads((root / "reports" / "register" / "registered.json").read_text())
-    assert registered["version"] == 1 and registered["reused"]
-    assert _children(summary["parent_run_id"])["register"].data.tags["registered.reused"] == "true"
+    assert all(v["reused"] for v in registered["versions"]) and registered["version"] in (1, 2)
+    assert str(client.get_model_version_by_alias("subjectflow-generator", "candidate").version) == str(registered["version"])
+    assert _children(summary["parent_run_id"])["register"].data.tags["registered.sft.reused"] == "true"
+    assert summary["promotion"] is None  # one stage asked for: no promotion
     assert lineage.status(root) == {}
 
 

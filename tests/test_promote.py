@@ -32,6 +32,7 @@ def registry(tmp_path, monkeypatch):
     params = default_params()
     params["pipeline"]["tracking_uri"] = f"sqlite:///{tmp_path}/mlflow.db"
     params["pipeline"]["artifact_location"] = str(tmp_path / "mlartifacts")
+    params["evaluate"].update(generators=["oracle"], compare=[])  # a registry without a pipeline that trains
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # mlflow.set_tracking_uri sets it: undone after the test
     loaded = load_params(tmp_path / "params.yaml")
@@ -190,3 +191,31 @@ def test_two_concurrent_promotions_leave_one_consistent_champion(registry):
     assert befores[0] == first and befores[1] in (a, b) and befores[1] != first
     assert _champion() == last[1]
     assert _tags(last[1])["promotion.champion_before"] == str(last[0])
+
+
+@pytest.mark.integration
+def test_subjectflow_promote_decides_reports_and_rolls_back(registry, prefect_harness, capsys):
+    """The command through its Prefect flow: exit 0 promoted, 1 refused, 0 rolled back, 2 for a
+    version that does not exist; each decision a Prefect Markdown artifact."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from components.pipeline.cli import main
+
+    root, _ = registry
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    first = _version(root, _rows(0.30, 0.6, 0.5, seed=0))
+    assert main(["promote", "--project", str(root)]) == 0
+    assert f"Promotion of {NAME} version {first}: promoted" in capsys.readouterr().out
+    worse = _version(root, _rows(0.25, 0.6, 0.5, seed=1))
+    assert main(["promote", "--project", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert f"version {worse}: refused" in out and "| SC.better |" in out and "| Overall | SC |" in out
+    assert main(["promote", "--project", str(root), "--version", str(worse)]) == 0 and _champion() == worse
+    assert main(["promote", "--project", str(root), "--rollback"]) == 0 and _champion() == first
+    assert main(["promote", "--project", str(root), "--version", "42"]) == 2
+    assert "has no version 42" in capsys.readouterr().err
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["promotion"])))
+    verdicts = [a.description.split(": ", 1)[1] for a in sorted(artifacts, key=lambda a: a.created)]
+    assert verdicts[-4:] == ["promoted", "refused", "promoted", "rolled back"]

@@ -138,6 +138,9 @@ class PipelineParams(Section):
     retries: Annotated[int, Field(ge=0)] = Field(1, description="Prefect retries per stage task.")
     retry_delay_seconds: Annotated[float, Field(ge=0)] = Field(2.0, description="Delay between retries.")
     push: bool = Field(True, description="`dvc push` the outputs to the default remote when the flow ends.")
+    system_metrics_seconds: Annotated[float, Field(ge=0)] = Field(
+        10.0, description="Sample CPU, memory (and GPU with nvidia-ml-py) into each running stage's MLflow run every "
+                          "this many seconds (system/* metrics); 0 = off.")
 
     @field_validator("experiment")
     @classmethod

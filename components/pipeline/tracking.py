@@ -10,6 +10,8 @@ links to that run (tag ``reports_run_id``) instead of uploading them again.
 """
 from __future__ import annotations
 
+import contextlib
+
 import os
 import re
 import socket
@@ -169,6 +171,24 @@ def open_stage_run(parent_run_id: str, name: str) -> str:
     run = mlflow.MlflowClient().create_run(parent.info.experiment_id, run_name=name,
                                            tags={"mlflow.parentRunId": parent_run_id, "stage": name, **owner_tags()})
     return run.info.run_id
+
+
+@contextlib.contextmanager
+def system_metrics(run_id: str, seconds: float):
+    """MLflow's system metrics (CPU, memory, disk, network; GPU when ``nvidia-ml-py`` is
+    installed and a GPU is present), sampled every ``seconds`` into run ``run_id`` while the
+    block runs (``system/*`` metrics); nothing when ``seconds`` is 0."""
+    if not seconds:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=seconds, samples_before_logging=1)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
 
 
 REPORTS_RUN_TAG = "reports_run_id"
