@@ -22,9 +22,10 @@ def scaffold(dest: str | Path, params: dict | None = None) -> Path:
     """Create a runnable project in ``dest`` with ``params`` (default: this checkout's)."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore", "prefect.yaml"):
         shutil.copy(SOURCE / name, dest / name)
-    shutil.copytree(SOURCE / "components", dest / "components", ignore=shutil.ignore_patterns("__pycache__"))
+    for code in ("components", "flows"):
+        shutil.copytree(SOURCE / code, dest / code, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(SOURCE / ".dvc", dest / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
     (dest / "params.yaml").write_text(yaml.safe_dump(params or default_params(), sort_keys=False))
     env = {**os.environ, "GIT_AUTHOR_NAME": "subjectflow", "GIT_AUTHOR_EMAIL": "subjectflow@localhost",
