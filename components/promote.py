@@ -34,7 +34,7 @@ import pandas as pd
 
 from .benchmark.report import compare
 from .config import Params
-from .register import BENCH_IDENTITY, SCORES_URI_TAG
+from .pipeline.versions import BENCH_IDENTITY, SCORES_URI_TAG
 
 DIMENSIONS = ("SC", "SA", "AES")
 LIMIT_NAME = "subjectflow-promotion"

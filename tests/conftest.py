@@ -17,6 +17,8 @@ for _k, _v in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("MLFLOW_DISABLE_T
 import dvc.repo  # noqa: E402,F401
 import prefect  # noqa: E402,F401
 
+from components.pipeline.project import set_training  # noqa: E402,F401 - tests import it from here
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"single": 24, "standardize": 12, "multi": 28, "bench_per_subset": 3, "bench_rows": {"Four": 4},
         "grid_samples": 4}
@@ -60,21 +62,6 @@ def tiny_params(**synth) -> dict:
     params["pipeline"].update(retries=1, retry_delay_seconds=0, push=True,  # retries on: a data failure must still not retry
                               system_metrics_seconds=1)  # tiny stages last seconds
     params["promote"]["floors"] = {"SC": 0.0, "SA": 0.0, "AES": 0.0}  # a few training steps: the first one is champion
-    return params
-
-
-def set_training(params: dict, stage: str, **settings) -> dict:
-    """Put flat training settings where params.yaml keeps them: the generator's sampling
-    settings in ``generator``, a stage's own (steps, lr, ema_decay, checkpoint_every,
-    sample_every, ref_count_probs, compile: off unless given) in its section, the rest in the shared
-    ``training``."""
-    from components.config import SftParams
-
-    settings.setdefault("compile", False)  # tiny runs: a compilation would cost more than the run
-    for key, value in settings.items():
-        section = "generator" if key in ("sample_steps", "guidance", "sample_precision") else stage if key in SftParams.model_fields \
-            else "training"
-        params[section][key] = value
     return params
 
 

@@ -268,3 +268,22 @@ def test_ui_refuses_a_port_in_use_or_given_twice(fresh, capsys, monkeypatch):
         assert f"--mlflow-port {port}: cannot listen on 127.0.0.1:{port}" in _one_line(capsys.readouterr().err)
     assert main(["ui", "--project", str(fresh), "--mlflow-port", "5123", "--prefect-port", "5123"]) == 2
     assert "--mlflow-port and --prefect-port are both 5123" in _one_line(capsys.readouterr().err)
+
+
+def test_init_creates_a_project_of_the_profile_and_refuses_a_used_folder(tmp_path, capsys):
+    from components.config import load_params
+
+    assert main(["init", str(tmp_path / "q"), "--profile", "quick"]) == 0
+    root = tmp_path / "q"
+    for name in ("dvc.yaml", "params.yaml", "prefect.yaml", "components/promote.py", "flows/pipeline.py", ".dvc/config"):
+        assert (root / name).exists(), name
+    params = load_params(root / "params.yaml")
+    assert params.sft.steps == 30 and params.synthesize.multi == 48 and params.promote.floors.SC == 0.0
+    assert params.sft.compile is False and params.generator.sample_steps == 4
+    log = subprocess.run(["git", "log", "--oneline"], cwd=root, capture_output=True, text=True).stdout
+    assert len(log.splitlines()) == 1 and lineage.status(root)  # one commit, everything to run
+    assert main(["init", str(root)]) == 2
+    assert "is not an empty folder" in capsys.readouterr().err
+    assert main(["init", str(tmp_path / "r"), "--profile", "huge"]) == 2
+    assert "profiles: default, quick" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -173,7 +173,8 @@ def test_the_trained_generators_are_registered_with_scores_and_lineage_and_one_p
     evaluated = json.loads((root / "metrics" / "evaluate.json").read_text())["sft"]
     assert float(tags["bench.Overall.SC"]) == pytest.approx(evaluated["Overall"]["SC"], abs=1e-4)
     assert "bench.Four.SA" in tags and "bench.vs.pretrain.Four.SC.low" in tags
-    from components.register import MODEL_HASH_TAG, folder_hash
+    from components.io import folder_hash
+    from components.pipeline.versions import MODEL_HASH_TAG
 
     assert tags[MODEL_HASH_TAG] == folder_hash(root / "models" / "sft")
     # logged from code: the model holds pyfunc_model.py, no pickled Python object

@@ -20,7 +20,7 @@ import components.pipeline.tracking  # noqa: F401 - reads $MLFLOW_TRACKING_URI o
 from components.config import load_params
 from components.pipeline.project import default_params
 from components.promote import PromotionError, promote
-from components.register import SCORES_URI_TAG
+from components.pipeline.versions import SCORES_URI_TAG
 
 NAME = "subjectflow-generator"
 SUBSETS = ("Attribute", "Four", "Three")

@@ -12,6 +12,7 @@ import yaml
 
 import components.pipeline.tracking  # noqa: F401 - reads $MLFLOW_TRACKING_URI once, before these tests set it
 from components import register
+from components.pipeline import versions
 from components.io import folder_hash
 from components.models.generator import SubjectGenerator
 from components.pipeline.project import default_params
@@ -76,12 +77,12 @@ def test_every_scored_generator_is_registered_once_and_the_best_is_the_candidate
                                                                                          ("rl", 2, False)]
     client = mlflow.MlflowClient()
     v1, v2 = client.get_model_version(NAME, "1"), client.get_model_version(NAME, "2")
-    assert v1.tags[register.MODEL_HASH_TAG] == folder_hash(project / "models" / "sft")
-    assert v2.tags[register.MODEL_HASH_TAG] == folder_hash(project / "models" / "rl")
+    assert v1.tags[versions.MODEL_HASH_TAG] == folder_hash(project / "models" / "sft")
+    assert v2.tags[versions.MODEL_HASH_TAG] == folder_hash(project / "models" / "rl")
     assert v1.tags["bench.Overall.SC"] == "0.7500" and v2.tags["bench.Overall.SC"] == "0.7000"
     assert v1.tags["run_id"] == first["run_id"] and v1.tags["generator"] == "sft"
     # what the promotion gate reads: the rows that scored it, and which benchmark that was
-    rows = pd.read_csv(mlflow.artifacts.download_artifacts(v2.tags[register.SCORES_URI_TAG], dst_path=str(project / "dl")))
+    rows = pd.read_csv(mlflow.artifacts.download_artifacts(v2.tags[versions.SCORES_URI_TAG], dst_path=str(project / "dl")))
     assert set(rows["generator"]) == {"rl"} and rows["SC"].tolist() == pytest.approx([0.70, 0.71, 0.72])
     assert v2.tags["bench.rows"] == "3" and v2.tags["bench.judge_set"] == "eval"
     assert v2.tags["bench.dataset"] == v2.tags["bench.judges"] == "unversioned"  # no dvc.lock here
@@ -96,7 +97,7 @@ def test_every_scored_generator_is_registered_once_and_the_best_is_the_candidate
     v1 = client.get_model_version(NAME, "1")
     assert v1.tags["bench.Overall.SC"] == "0.8000"  # today's scores
     assert v1.tags["run_id"] == first["run_id"]  # lineage: the run that logged it
-    assert v1.tags[register.SCORES_URI_TAG].startswith(f"runs:/{again['run_id']}/")  # today's rows
+    assert v1.tags[versions.SCORES_URI_TAG].startswith(f"runs:/{again['run_id']}/")  # today's rows
     assert _candidate() == "2"
     assert len(mlflow.search_logged_models(output_format="list")) == 2  # one logged model each
 
@@ -139,6 +140,6 @@ def test_folder_hash_follows_names_and_contents(tmp_path):
 def test_score_tags_leave_timings_out():
     scores = {**_scores(0.7), "timings": {"sft": {"generate_seconds": 3.0}}}
     scores["sft"]["timing"] = {"generate_seconds": 3.0}  # the old layout of metrics/evaluate.json
-    tags = register.score_tags(scores, "sft")
+    tags = versions.score_tags(scores, "sft")
     assert tags["bench.Overall.SC"] == 0.7 and tags["bench.vs.pretrain.Overall.SC.low"] == 0.0
     assert not [k for k in tags if "seconds" in k or "timing" in k]

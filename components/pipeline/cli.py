@@ -1,5 +1,6 @@
 """`subjectflow`: the command line.
 
+    subjectflow init DIR [--profile quick]   a new project folder
     subjectflow run            the whole pipeline (Prefect flow over the DVC stages)
     subjectflow stage NAME     one stage, through the same flow
     subjectflow status         which stages are stale and why
@@ -13,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import socket
@@ -30,17 +30,9 @@ for _k, _v in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("MLFLOW_DISABLE_T
     os.environ.setdefault(_k, _v)
 
 
-class UsageError(Exception):
-    """A command's input is wrong (an argument, the project folder, a file named): ``main`` prints
-    the message, one line saying what to fix, and exits 2."""
-
-
-def _project(args) -> Path:
-    root = Path(args.project).resolve()
-    for name in ("dvc.yaml", "params.yaml"):
-        if not (root / name).is_file():
-            raise UsageError(f"{root}: no {name} here; run from the project folder or pass --project")
-    return root
+from .operations import cmd_deploy, cmd_promote, cmd_worker  # noqa: E402
+from .processes import _stop_groups  # noqa: E402
+from .usage import UsageError, _project  # noqa: E402
 
 
 def _whole_number(lo: int, hi: int | None = None, what: str = "a whole number"):
@@ -83,6 +75,21 @@ def cmd_run(args, stages=None) -> int:
     summary = pipeline(project=str(root), stages=stages, force=args.force,
                        push=False if args.no_push else None)
     _print_summary(summary)
+    return 0
+
+
+def cmd_init(args) -> int:
+    """A new project folder: the code, dvc.yaml, prefect.yaml, a params.yaml (the profile's), git
+    and DVC, one commit."""
+    from components.pipeline.project import PROFILES, profile_params, scaffold
+
+    dest = Path(args.dir).resolve()
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise UsageError(f"{dest}: exists and is not an empty folder; pick a new one")
+    if args.profile not in PROFILES:
+        raise UsageError(f"--profile {args.profile}: unknown; profiles: {', '.join(PROFILES)}")
+    scaffold(dest, profile_params(args.profile))
+    print(f"{dest}: a subjectflow project ({args.profile} profile); run it with `subjectflow run --project {dest}`")
     return 0
 
 
@@ -141,110 +148,6 @@ def cmd_benchmark(args) -> int:
     print((reports / "table.md").read_text())
     print(f"reports: {reports}\nMLflow: {tracking.run_url(run)}")
     return 0
-
-
-def cmd_promote(args) -> int:
-    """The promotion gate: @candidate against @champion on the same benchmark rows (or a
-    version by hand, or a rollback); exit 0 when @champion ends where the command asked, 1 when
-    the gate refused."""
-    from components.config import load_params
-    from components.promote import Decision, PromotionError
-
-    root = _project(args)
-    load_params(root / "params.yaml")
-    from flows.pipeline import promotion
-
-    try:
-        decided = promotion(project=str(root), version=args.version, rollback=args.rollback)
-    except PromotionError as e:
-        raise UsageError(str(e)) from None
-    print(Decision(**decided).markdown())
-    return 1 if decided["verdict"] == "refused" else 0
-
-
-def _prefect_api(command: str) -> str:
-    """The Prefect server deployments live on: $PREFECT_API_URL (or the active profile's)."""
-    from prefect.settings import PREFECT_API_URL
-
-    url = PREFECT_API_URL.value()
-    if not url:
-        raise UsageError(f"{command} needs a Prefect server: start one (`prefect server start`, or `subjectflow ui`) "
-                         "and set PREFECT_API_URL=http://127.0.0.1:4200/api")
-    return url
-
-
-def _deployment_spec(root: Path) -> dict:
-    import yaml
-
-    spec = root / "prefect.yaml"
-    if not spec.is_file():
-        raise UsageError(f"{root}: no prefect.yaml here (the deployments); copy it from the subjectflow checkout")
-    found = yaml.safe_load(spec.read_text()) or {}
-    retrain = next((d for d in found.get("deployments") or [] if d.get("name") == "retrain"), None)
-    if retrain is None:
-        raise UsageError(f"{spec}: no deployment named 'retrain'")
-    return retrain
-
-
-def _ensure_pool(pool: str) -> bool:
-    """Create the process work pool ``pool`` when the server has none by that name; True if made."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_work_pool(pool)
-            return False
-        except ObjectNotFound:
-            with contextlib.suppress(ObjectAlreadyExists):
-                client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
-            return True
-
-
-def cmd_deploy(args) -> int:
-    """Register the retrain deployment of prefect.yaml (schedule and collision strategy
-    overridable) on the Prefect server, creating its process work pool if needed."""
-    root = _project(args)
-    url = _prefect_api("subjectflow deploy")
-    spec = _deployment_spec(root)
-    pool = args.pool or spec["work_pool"]["name"]
-    if _ensure_pool(pool):
-        print(f"work pool {pool!r} (process) created on {url}")
-    command = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", str(root / "prefect.yaml"),
-               "--name", "retrain", "--pool", pool]
-    if args.cron:
-        command += ["--cron", args.cron]
-    if args.interval:
-        command += ["--interval", str(args.interval)]
-    if args.collision:
-        command += ["--concurrency-limit", "1", "--collision-strategy",
-                    {"enqueue": "ENQUEUE", "cancel": "CANCEL_NEW"}[args.collision]]
-    done = subprocess.run(command, cwd=root, env={**os.environ, "SUBJECTFLOW_PROJECT": str(root)})
-    if done.returncode:
-        return done.returncode
-    print(f"deployment subjectflow-pipeline/retrain on {url}, pool {pool!r}; run it with `subjectflow worker "
-          f"--project {root}` (a worker polls the pool) or now with `prefect deployment run subjectflow-pipeline/retrain`")
-    return 0
-
-
-def cmd_worker(args) -> int:
-    """A Prefect process worker on the retrain deployment's pool; its flow runs start in this
-    project (SUBJECTFLOW_PROJECT, read by prefect.yaml's pull step)."""
-    root = _project(args)
-    _prefect_api("subjectflow worker")
-    pool = args.pool or _deployment_spec(root)["work_pool"]["name"]
-    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
-    if args.limit:
-        command += ["--limit", str(args.limit)]
-    env = {**os.environ, "SUBJECTFLOW_PROJECT": str(root)}
-    proc = subprocess.Popen(command, cwd=root, env=env, start_new_session=True)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        _stop_groups([proc])
-        return 0
 
 
 def _image_out(path: str) -> Path:
@@ -308,41 +211,6 @@ def _generate(args, pyfunc) -> int:
     Image.fromarray(image).save(out)
     print(f"{out} ({image.shape[1]}x{image.shape[0]}) from {args.model}")
     return 0
-
-
-def _descendants(procs: list[subprocess.Popen]) -> list:
-    import psutil
-
-    found = []
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            found += psutil.Process(p.pid).children(recursive=True)
-    return found
-
-
-def _stop_groups(procs: list[subprocess.Popen], grace: float = 15.0) -> None:
-    """SIGTERM every server's process group (SIGINT may be ignored in it), then SIGKILL
-    whatever of it, or of any process it started (some start theirs in a new session, some only
-    while running), is alive after ``grace`` seconds."""
-    import psutil
-
-    family = _descendants(procs)
-    for p in procs:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGTERM)
-    deadline = time.time() + grace
-    for p in procs:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            p.wait(timeout=max(deadline - time.time(), 0.1))
-    family += _descendants(procs)  # started since the first look, by a server still alive
-    for p in procs:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGKILL)
-    for child in family:
-        with contextlib.suppress(psutil.Error):
-            child.kill()
-    for p in procs:
-        p.wait()
 
 
 def _check_ports(ports: dict[str, int]) -> None:
@@ -418,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         return p
 
+    p = sub.add_parser("init", help="create a new project folder (git, DVC, params.yaml)")
+    p.add_argument("dir", help="the folder to create (new or empty)")
+    p.add_argument("--profile", default="default",
+                   help="default (the full pipeline, about an hour on 2 cores) or quick (every stage in minutes)")
+    p.set_defaults(fn=cmd_init)
     for name, fn, help in (("run", cmd_run, "run the whole pipeline"), ("stage", cmd_stage, "run one stage")):
         p = add(name, fn, help)
         if name == "stage":

@@ -1,0 +1,117 @@
+"""The operations commands: `subjectflow promote`, `deploy` and `worker` (the promotion gate, the
+scheduled retrain deployment of prefect.yaml, a Prefect worker that runs it)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from .processes import _stop_groups
+from .usage import UsageError, _project
+
+
+def cmd_promote(args) -> int:
+    """The promotion gate: @candidate against @champion on the same benchmark rows (or a
+    version by hand, or a rollback); exit 0 when @champion ends where the command asked, 1 when
+    the gate refused."""
+    from components.config import load_params
+    from components.promote import Decision, PromotionError
+
+    root = _project(args)
+    load_params(root / "params.yaml")
+    from flows.pipeline import promotion
+
+    try:
+        decided = promotion(project=str(root), version=args.version, rollback=args.rollback)
+    except PromotionError as e:
+        raise UsageError(str(e)) from None
+    print(Decision(**decided).markdown())
+    return 1 if decided["verdict"] == "refused" else 0
+
+
+def _prefect_api(command: str) -> str:
+    """The Prefect server deployments live on: $PREFECT_API_URL (or the active profile's)."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise UsageError(f"{command} needs a Prefect server: start one (`prefect server start`, or `subjectflow ui`) "
+                         "and set PREFECT_API_URL=http://127.0.0.1:4200/api")
+    return url
+
+
+def _deployment_spec(root: Path) -> dict:
+    import yaml
+
+    spec = root / "prefect.yaml"
+    if not spec.is_file():
+        raise UsageError(f"{root}: no prefect.yaml here (the deployments); copy it from the subjectflow checkout")
+    found = yaml.safe_load(spec.read_text()) or {}
+    retrain = next((d for d in found.get("deployments") or [] if d.get("name") == "retrain"), None)
+    if retrain is None:
+        raise UsageError(f"{spec}: no deployment named 'retrain'")
+    return retrain
+
+
+def _ensure_pool(pool: str) -> bool:
+    """Create the process work pool ``pool`` when the server has none by that name; True if made."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+            return False
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):
+                client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            return True
+
+
+def cmd_deploy(args) -> int:
+    """Register the retrain deployment of prefect.yaml (schedule and collision strategy
+    overridable) on the Prefect server, creating its process work pool if needed."""
+    root = _project(args)
+    url = _prefect_api("subjectflow deploy")
+    spec = _deployment_spec(root)
+    pool = args.pool or spec["work_pool"]["name"]
+    if _ensure_pool(pool):
+        print(f"work pool {pool!r} (process) created on {url}")
+    command = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", str(root / "prefect.yaml"),
+               "--name", "retrain", "--pool", pool]
+    if args.cron:
+        command += ["--cron", args.cron]
+    if args.interval:
+        command += ["--interval", str(args.interval)]
+    if args.collision:
+        command += ["--concurrency-limit", "1", "--collision-strategy",
+                    {"enqueue": "ENQUEUE", "cancel": "CANCEL_NEW"}[args.collision]]
+    done = subprocess.run(command, cwd=root, env={**os.environ, "SUBJECTFLOW_PROJECT": str(root)})
+    if done.returncode:
+        return done.returncode
+    print(f"deployment subjectflow-pipeline/retrain on {url}, pool {pool!r}; run it with `subjectflow worker "
+          f"--project {root}` (a worker polls the pool) or now with `prefect deployment run subjectflow-pipeline/retrain`")
+    return 0
+
+
+def cmd_worker(args) -> int:
+    """A Prefect process worker on the retrain deployment's pool; its flow runs start in this
+    project (SUBJECTFLOW_PROJECT, read by prefect.yaml's pull step)."""
+    root = _project(args)
+    _prefect_api("subjectflow worker")
+    pool = args.pool or _deployment_spec(root)["work_pool"]["name"]
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
+    if args.limit:
+        command += ["--limit", str(args.limit)]
+    env = {**os.environ, "SUBJECTFLOW_PROJECT": str(root)}
+    proc = subprocess.Popen(command, cwd=root, env=env, start_new_session=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        _stop_groups([proc])
+        return 0

@@ -1,0 +1,98 @@
+"""What a registered generator version carries (the register stage writes it, the promotion gate
+reads it): benchmark scores, per-row scores, the benchmark that scored it, lineage."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import Params
+from ..io import folder_hash
+
+# What a registered generator was made from: dvc.lock outputs recorded on its version (with the
+# model's own folder).
+LINEAGE = ("models/sft", "data/multisubject", "models/pretrain", "models/judges", "data/single", "data/multi",
+           "data/bench")
+MODEL_HASH_TAG = "model.sha256"
+# Which benchmark scored a version: the gate refuses to compare versions that differ in these.
+BENCH_IDENTITY = ("bench.dataset", "bench.judges", "bench.judge_set")
+SCORES_URI_TAG = "bench.scores_uri"
+
+
+def lineage_tags(root: Path, model: str) -> dict[str, str]:
+    """``dvc.<path>`` -> md5 for the model folder ``model`` and every LINEAGE path in dvc.lock,
+    plus the git commit."""
+    from .lineage import locked_outs
+    from .tracking import git_tags
+
+    outs = locked_outs(root)
+    return {**git_tags(root), **{f"dvc.{p}": outs[p] for p in (model, *LINEAGE) if p in outs}}
+
+
+def bench_identity(root: Path, params: Params) -> dict[str, str]:
+    """What makes two versions' benchmark scores comparable: the benchmark data, the judges and
+    the judge set that scored them ("unversioned" outside a DVC project)."""
+    from .lineage import locked_outs
+
+    outs = locked_outs(root)
+    return {"bench.dataset": outs.get("data/bench", "unversioned"), "bench.judges": outs.get("models/judges", "unversioned"),
+            "bench.judge_set": params.evaluate.judge_set}
+
+
+def registered_version(client, model_name: str, model_hash: str):
+    """The newest version of ``model_name`` holding the model whose folder hash is ``model_hash``."""
+    found = client.search_model_versions(f"name = '{model_name}' and tags.`{MODEL_HASH_TAG}` = '{model_hash}'")
+    return max(found, key=lambda v: int(v.version), default=None)
+
+
+def score_tags(scores: dict, generator: str) -> dict[str, float]:
+    """The generator's benchmark scores from metrics/evaluate.json, flattened:
+    ``bench.Overall.SC``, ``bench.Four.SC``, ... (timings, which the file no longer holds, left
+    out), and its paired comparisons with baselines (evaluate.compare): ``bench.vs.pretrain.Four.SC.low``, ..."""
+    from .tracking import numeric_metrics
+
+    mine = {k: v for k, v in scores.get(generator, {}).items() if k not in ("timing", "timings")}
+    if not mine:
+        raise KeyError(f"{generator!r} has no benchmark scores: list it in evaluate.generators")
+    for baseline, diffs in scores.get("compare", {}).get(generator, {}).items():
+        mine[f"vs.{baseline}"] = diffs
+    return {f"bench.{k}": v for k, v in numeric_metrics(mine).items()}
+
+
+def register_one(client, cfg, root: Path, folder: Path, scores: dict, rows, identity: dict, run) -> dict:
+    """Log (or reuse) the version holding ``folder`` and tag it; returns its record."""
+    import mlflow
+
+    from ..models.pyfunc import log_generator
+
+    name = folder.name
+    rows = rows[rows["generator"] == name]
+    if rows.empty:
+        raise KeyError(f"{name!r} has no per-row benchmark scores: list it in evaluate.generators")
+    rows_path = f"benchmark/{name}.csv"
+    mlflow.log_text(rows.to_csv(index=False), rows_path)
+    model_hash = folder_hash(folder)
+    existing = registered_version(client, cfg.model_name, model_hash)
+    if existing is None:
+        info = log_generator(folder, name=name, registered_model_name=cfg.model_name)
+        version, model_uri = str(info.registered_model_version), info.model_uri
+        lineage = {**lineage_tags(root, folder.relative_to(root).as_posix() if folder.is_relative_to(root) else name),
+                   "generator": name, MODEL_HASH_TAG: model_hash, "run_id": run.info.run_id}
+    else:  # its lineage stays that of the run that logged it; its scores are today's benchmark
+        version, model_uri, lineage = str(existing.version), existing.source, {}
+        for k in existing.tags:
+            if k.startswith("bench.") and k not in scores:
+                client.delete_model_version_tag(cfg.model_name, version, k)
+    bench = {**{k: f"{v:.4f}" for k, v in scores.items()}, **identity, "bench.rows": str(len(rows)),
+             SCORES_URI_TAG: f"runs:/{run.info.run_id}/{rows_path}"}
+    for k, v in {**lineage, **bench}.items():
+        client.set_model_version_tag(cfg.model_name, version, k, v)
+    client.update_model_version(cfg.model_name, version, description=(
+        f"{name} generator; benchmark Overall SC {scores.get('bench.Overall.SC', float('nan')):.3f}, "
+        f"SA {scores.get('bench.Overall.SA', float('nan')):.3f}, AES {scores.get('bench.Overall.AES', float('nan')):.3f}"))
+    mlflow.set_tags({f"registered.{name}.version": version, f"registered.{name}.reused": str(existing is not None).lower()})
+    if existing is None:
+        print(f"registered {name} as {cfg.model_name} version {version} ({model_uri})", flush=True)
+    else:
+        print(f"{folder} is unchanged ({MODEL_HASH_TAG} {model_hash[:12]}): version {version} of {cfg.model_name} "
+              f"already holds it; its benchmark tags are refreshed, no new version", flush=True)
+    return {"generator": name, "version": int(version), "reused": existing is not None, "model_uri": model_uri,
+            "scores": scores}
