@@ -45,6 +45,16 @@ def test_pack_moves_a_centred_subject_into_its_slot_and_its_box_with_it(n):
         assert np.all(packed[0, 0] == BG) and np.all(packed[-1, -1] == BG)
 
 
+@pytest.mark.parametrize("n", sorted(layout.SLOTS))
+def test_a_box_the_slot_cuts_off_is_still_a_box_inside_the_frame(n):
+    """The slot's window reaches past the frame: a subject box in the corner that falls outside
+    (a young grounder's box, say) once came back with its far side before its near one."""
+    for k in range(n):
+        for box in ([0, 0, 3, 1], [0, 0, 1, 1], [29, 30, 32, 32], [0, 0, 32, 32]):
+            x0, y0, x1, y1 = layout.pack_box(box, k, n, 32)
+            assert 0 <= x0 < x1 <= 32 and 0 <= y0 < y1 <= 32, (k, box)
+
+
 def test_slots_keep_the_worlds_subjects_apart_with_jitter():
     rng = np.random.default_rng(0)
     for n, size in ((3, SIZES["medium"]), (4, SIZES["small"])):

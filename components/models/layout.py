@@ -68,10 +68,11 @@ def pack_box(box: Sequence[int], k: int, n: int, side: int) -> list[int]:
     x0, y0, s = _window(n, k, side)
     f = s / side
     out = [x0 + box[0] * f, y0 + box[1] * f, x0 + box[2] * f, y0 + box[3] * f]
-    lo = [int(np.floor(v)) for v in out[:2]]
-    hi = [int(np.ceil(v)) for v in out[2:]]
-    return [min(max(lo[0], 0), side - 1), min(max(lo[1], 0), side - 1),
-            max(min(hi[0], side), lo[0] + 1), max(min(hi[1], side), lo[1] + 1)]
+    # Clipped to the frame (the window may reach past it): a box cut off entirely becomes a
+    # one-pixel box on the border, never one whose far side is before its near side.
+    lo = [min(max(int(np.floor(v)), 0), side - 1) for v in out[:2]]
+    hi = [min(max(int(np.ceil(v)), a + 1), side) for v, a in zip(out[2:], lo)]
+    return [lo[0], lo[1], hi[0], hi[1]]
 
 
 def slot_centres(n: int, rng: np.random.Generator, jitter: float = 0.04) -> list[tuple[float, float]]:

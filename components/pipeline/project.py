@@ -28,8 +28,10 @@ PROFILES: dict[str, dict] = {
     "quick": {
         "synthesize": {"single": 48, "standardize": 12, "multi": 48, "bench_per_subset": 4, "bench_rows": {"Four": 4},
                        "grid_samples": 8},
+        # 30-step judges: a grounder this young finds few subjects at the usual threshold, and
+        # bootstrapping would drop nearly every pair as "not in target"
         "judges": {"width": 8, "embed_dim": 16, "batch_size": 16, "encoder_steps": 30, "grounder_steps": 30,
-                   "semantic_steps": 30, "aesthetic_steps": 30},
+                   "semantic_steps": 30, "aesthetic_steps": 30, "grounding_threshold": 1e-6},
         "generator": {"sample_steps": 4},
         "pretrain": _QUICK_TRAIN,
         "multisubject": {"threshold": -1.0, "sample_steps": 4, "grid_rows": 2, "recompose": {"Three": 4, "Four": 4},
