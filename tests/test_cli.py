@@ -287,3 +287,23 @@ def test_init_creates_a_project_of_the_profile_and_refuses_a_used_folder(tmp_pat
     assert main(["init", str(tmp_path / "r"), "--profile", "huge"]) == 2
     assert "profiles: default, quick" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.integration
+def test_a_quick_project_runs_every_stage_and_leaves_a_champion(tmp_path, monkeypatch):
+    """`subjectflow init DIR --profile quick && subjectflow run --project DIR`, as a newcomer
+    types it (its time against the 5-minute budget: perf/quick_profile.py)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = tmp_path / "q"
+    cli = [sys.executable, "-m", "components.pipeline.cli"]
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    subprocess.run([*cli, "init", str(root), "--profile", "quick"], check=True, env=env)
+    done = subprocess.run([*cli, "run", "--project", str(root)], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "promote      promoted" in done.stdout
+    assert lineage.status(root) == {}
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    champion = mlflow.MlflowClient().get_model_version_by_alias("subjectflow-generator", "champion")
+    assert champion.tags["promotion.verdict"] == "promoted"
+    mlflow.set_tracking_uri(None)
