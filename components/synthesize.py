@@ -17,7 +17,8 @@ from pathlib import Path
 from .config import Params
 from .data.grids import dataset_grid
 from .data.manifest import SPLITS
-from .data.synthesis import resolve_workers, synthesize_split
+from .data.synthesis import synthesize_split
+from .fanout import resolve_workers
 from .pipeline.stage import path_field, stage_main
 
 
@@ -33,10 +34,10 @@ def run(params: Params, paths: SynthesizePaths) -> dict:
     cfg = params.synthesize
     workers = resolve_workers(params.resources.workers)
     paths.reports.mkdir(parents=True, exist_ok=True)
-    metrics: dict = {"workers": workers}
+    metrics: dict = {"workers": workers, "engine": params.resources.engine}
     total, t0 = 0, time.perf_counter()
     for split in SPLITS:
-        manifest = synthesize_split(cfg, split, paths.out / split, workers)
+        manifest = synthesize_split(cfg, split, paths.out / split, params.resources)
         dataset_grid(paths.out / split, manifest, cfg.grid_samples).save(paths.reports / f"grid_{split}.png")
         n_images = int(len(manifest) * 2 + manifest["n_subjects"].sum())
         metrics[split] = {

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from components.config import Params
+from components.config import ResourcesParams
 from components.data.synthesis import synthesize_split
 from components.pipeline.project import default_params
 
@@ -32,7 +33,7 @@ def main() -> None:
         for r in range(args.repeats):
             for workers in (1, 2):
                 t0 = time.perf_counter()
-                synthesize_split(cfg, args.split, Path(tmp) / f"{workers}-{r}", workers)
+                synthesize_split(cfg, args.split, Path(tmp) / f"{workers}-{r}", ResourcesParams(workers=workers))
                 rates[workers].append(args.samples / (time.perf_counter() - t0))
     one, two = statistics.median(rates[1]), statistics.median(rates[2])
     print(f"synthesis of '{args.split}' ({args.samples} samples, {cfg.resolution}px, median of {args.repeats})")

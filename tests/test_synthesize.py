@@ -96,6 +96,6 @@ def test_a_crash_leaves_no_half_written_dataset(tmp_path, monkeypatch):
 
     monkeypatch.setattr(synthesis, "write_sample", flaky)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        synthesis.synthesize_split(params.synthesize, "single", tmp_path / "single", workers=1)
+        synthesis.synthesize_split(params.synthesize, "single", tmp_path / "single", params.resources)
     assert not (tmp_path / "single").exists()
     assert list(tmp_path.iterdir()) == []

@@ -112,6 +112,11 @@ class ResourcesParams(Section):
     """Machine resources; no stage output depends on them, so DVC does not track them."""
 
     workers: Annotated[int, Field(ge=0)] = Field(0, description="Worker processes for fan-out work; 0 = all cores.")
+    engine: Literal["local", "dask"] = Field(
+        "local", description="Where fan-out work (synthesis) runs: local (a process pool of `workers`) or dask "
+                             "(the cluster at dask_address, else a LocalCluster of `workers` processes).")
+    dask_address: str | None = Field(
+        None, description="Dask scheduler (tcp://host:8786) for engine dask; null = a LocalCluster per call.")
 
 
 def _local_path(uri: str) -> str | None:

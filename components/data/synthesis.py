@@ -4,8 +4,6 @@ and writing them as PNGs plus ``manifest.parquet``. Every sample's randomness is
 from __future__ import annotations
 
 import json
-import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import world
-from ..config import SynthesizeParams
+from ..config import ResourcesParams, SynthesizeParams
+from ..fanout import fan_out
 from ..io import atomic_dir
 from .manifest import COLUMNS, MANIFEST
 
@@ -90,31 +89,18 @@ def _work(job) -> list[dict]:
     return [write_sample(cfg, split, sid, make_sample(cfg, split, i, sub), root) for sid, i, sub in items]
 
 
-def synthesize_split(cfg: SynthesizeParams, split: str, dataset_dir: Path, workers: int) -> pd.DataFrame:
-    """Write one dataset folder atomically; returns its manifest."""
+def synthesize_split(cfg: SynthesizeParams, split: str, dataset_dir: Path, resources: ResourcesParams) -> pd.DataFrame:
+    """Write one dataset folder atomically, its chunks fanned out (``fanout.py``); returns its
+    manifest."""
     items = plan(cfg, split)
     with atomic_dir(dataset_dir) as tmp:
         (tmp / "images").mkdir()
         jobs = [(cfg, split, items[i:i + _CHUNK], tmp) for i in range(0, len(items), _CHUNK)]
-        bar = tqdm(total=len(items), desc=f"synthesize {split}", unit="sample", mininterval=1.0)
         rows: list[dict] = []
-        if workers <= 1:
-            results = map(_work, jobs)
-        else:
-            pool = ProcessPoolExecutor(max_workers=workers)
-            results = pool.map(_work, jobs)
-        try:
-            for chunk in results:
+        with tqdm(total=len(items), desc=f"synthesize {split}", unit="sample", mininterval=1.0) as bar:
+            for chunk in fan_out(_work, jobs, resources):
                 rows.extend(chunk)
                 bar.update(len(chunk))
-        finally:
-            bar.close()
-            if workers > 1:
-                pool.shutdown()
         manifest = pd.DataFrame(rows, columns=list(COLUMNS))
         manifest.to_parquet(tmp / MANIFEST, index=False)
     return manifest
-
-
-def resolve_workers(n: int) -> int:
-    return n if n > 0 else (os.cpu_count() or 1)
