@@ -11,8 +11,13 @@ the benchmark's paired bootstrap (``benchmark.report.compare``). It promotes onl
 - Overall SA's and AES's low ends are not below ``-margins.SA`` and ``-margins.AES``.
 
 With no champion yet the candidate must reach ``promote.floors`` (its Overall scores). Two
-versions scored by other benchmark data, judges or judge set cannot be compared: the gate refuses
-and says which differs.
+versions scored by other benchmarks (``versions.BENCH_IDENTITY``: the rows, the judge set's files
+and name, the scoring settings and code) are not compared: when the candidate was scored by the
+project's benchmark as it is today, the champion is first scored on it too (``rescore.py``,
+``promote.rescore``); otherwise the gate refuses and says which differs.
+
+A version rolled back is never promoted again by the gate (only by hand), so the next nightly
+run does not undo a rollback.
 
 Every decision (promoted or not, each number it used, the previous champion) goes on the
 candidate version's ``promotion.*`` tags, into an MLflow run (the flow's, or a ``promote`` run)
@@ -25,6 +30,7 @@ with the champion re-read inside it.
 from __future__ import annotations
 
 import contextlib
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -107,14 +113,33 @@ def _v(version: int | None) -> str:
 
 # --- reading the registry -----------------------------------------------------------------------
 
+# What the registry answers when a model or an alias does not exist; any other error (the server
+# down, a timeout) is raised, never read as "no champion".
+MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
 def aliased(client, name: str, alias: str):
     """The version ``alias`` points at, None when it points nowhere."""
     from mlflow.exceptions import MlflowException
 
     try:
         return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+    except MlflowException as e:
+        if e.error_code in MISSING:
+            return None
+        raise
+
+
+def existing_version(client, name: str, version: int | str):
+    """Version ``version`` of ``name``; PromotionError when the registry has no such version."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as e:
+        if e.error_code in MISSING:
+            raise PromotionError(f"{name} has no version {version}") from None
+        raise
 
 
 def version_rows(version) -> pd.DataFrame:
@@ -144,16 +169,20 @@ def gate(params: Params, candidate, champion) -> tuple[bool, list[str], list[dic
         scores = overall(candidate)
         checks = [{"rule": f"floor.{d}", "value": scores[d], "bound": getattr(cfg.floors, d),
                    "passed": bool(scores[d] >= getattr(cfg.floors, d))} for d in DIMENSIONS]
-        failed = [c["rule"] for c in checks if not c["passed"]]
+        unscored = [d for d in DIMENSIONS if not math.isfinite(scores[d])]
+        failed = [c["rule"].split(".")[1] for c in checks if not c["passed"] and c["rule"].split(".")[1] not in unscored]
         reason = "no champion yet: the candidate's Overall scores against promote.floors" + \
-            (f"; below the floor in {', '.join(f.split('.')[1] for f in failed)}" if failed else "")
-        return not failed, [reason], checks, []
+            (f"; below the floor in {', '.join(failed)}" if failed else "") + \
+            (f"; no Overall score in {', '.join(unscored)} (its bench.Overall tags)" if unscored else "")
+        return not (failed or unscored), [reason], checks, []
     differs = [k for k in BENCH_IDENTITY if candidate.tags.get(k) != champion.tags.get(k)]
     if differs:
         detail = "; ".join(f"{k}: candidate {candidate.tags.get(k, 'missing')}, champion {champion.tags.get(k, 'missing')}"
                            for k in differs)
-        return False, [f"not comparable: the two versions were scored by another benchmark ({detail}); "
-                       "rescore the champion with today's benchmark (list its generator in evaluate.generators) "
+        how = ("the champion is scored on the project's benchmark first only when the candidate was scored on it, "
+               "and this one was not: run the pipeline so evaluate and register score it today"
+               if cfg.rescore else "promote.rescore is off: turn it on to score the champion on the project's benchmark")
+        return False, [f"not comparable: the two versions were scored by other benchmarks ({detail}); {how}; "
                        "or promote by hand with --version"], [], []
     rows = pd.concat([version_rows(candidate).assign(generator="candidate"),
                       version_rows(champion).assign(generator="champion")])
@@ -210,15 +239,28 @@ def promotion_lock(tracking_uri: str, timeout: float):
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.concurrency.sync import concurrency
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
 
+    if not PREFECT_API_URL.value():  # an ephemeral server per process would give every promotion its own lock
+        raise PromotionError(f"the MLflow store {tracking_uri} is a server: promotions lock through the team's "
+                             "Prefect server, and PREFECT_API_URL is not set")
     with get_client(sync_client=True) as client:
         try:
-            client.read_global_concurrency_limit_by_name(LIMIT_NAME)
+            limit = client.read_global_concurrency_limit_by_name(LIMIT_NAME)
         except ObjectNotFound:
             with contextlib.suppress(ObjectAlreadyExists):  # another promotion made it first
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=LIMIT_NAME, limit=1))
-    with concurrency(LIMIT_NAME, occupy=1, timeout_seconds=timeout, strict=True):
-        yield
+            limit = client.read_global_concurrency_limit_by_name(LIMIT_NAME)
+    if limit.limit != 1 or not limit.active:
+        raise PromotionError(f"the Prefect concurrency limit {LIMIT_NAME!r} must be active with limit 1 to keep "
+                             f"promotions apart (it is {'active' if limit.active else 'inactive'}, limit {limit.limit}); "
+                             f"`prefect gcl update {LIMIT_NAME} --limit 1 --enable`")
+    try:
+        with concurrency(LIMIT_NAME, occupy=1, timeout_seconds=timeout, strict=True):
+            yield
+    except TimeoutError:
+        raise PromotionError(f"another promotion held the Prefect concurrency limit {LIMIT_NAME!r} for "
+                             f"{timeout:.0f}s; try again") from None
 
 
 # --- promoting ----------------------------------------------------------------------------------
@@ -236,16 +278,18 @@ def decide(params: Params, client, version: int | None = None, rollback: bool = 
         previous = champion.tags.get("promotion.champion_before", "none")
         if previous == "none":
             raise PromotionError(f"@{alias} is version {before}, the first champion: there is no previous one")
+        try:
+            existing_version(client, name, previous)
+        except PromotionError:
+            raise PromotionError(f"@{alias} replaced version {previous}, which is no longer in the registry: "
+                                 "promote a version by hand with --version") from None
         client.set_registered_model_alias(name, alias, previous)
         client.set_model_version_tag(name, str(before), "promotion.rolled_back", f"to {previous} at {now}")
         return Decision(name, "rollback", int(previous), before, int(previous), True, "rolled back",
                         [f"@{alias} moved back from version {before} to version {previous}, the champion it replaced"],
                         time=now)
     if version is not None:
-        try:
-            candidate = client.get_model_version(name, str(version))
-        except Exception as e:
-            raise PromotionError(f"{name} has no version {version}: {str(e).splitlines()[0]}") from None
+        candidate = existing_version(client, name, version)
         action = "manual"
     else:
         candidate = aliased(client, name, params.register_.alias)
@@ -257,12 +301,24 @@ def decide(params: Params, client, version: int | None = None, rollback: bool = 
     if before == number:
         return Decision(name, action, number, before, before, False, "unchanged",
                         [f"version {number} already is @{alias}"], benchmark=bench, time=now)
-    passed, reasons, checks, comparison = gate(params, candidate, champion)
-    promote = passed or action == "manual"
-    if action == "manual":
+    rolled_back = candidate.tags.get("promotion.rolled_back")
+    if rolled_back and action == "gate":  # a rollback is a decision the next gate run must not undo
+        passed, reasons, checks, comparison = False, [
+            f"version {number} was rolled back ({rolled_back}): the gate does not promote it again; "
+            "promote it by hand with --version"], [], []
+    elif action == "manual":  # by hand: the gate only reports, and its errors do not stop the promotion
+        try:
+            passed, reasons, checks, comparison = gate(params, candidate, champion)
+        except PromotionError as e:
+            passed, reasons, checks, comparison = False, [f"the gate could not decide: {e}"], [], []
         reasons.append(f"promoted by hand; the gate would have {'promoted' if passed else 'refused'} it")
+    else:
+        passed, reasons, checks, comparison = gate(params, candidate, champion)
+    promote = passed or action == "manual"
     if promote:
         client.set_registered_model_alias(name, alias, str(number))
+        if rolled_back:
+            client.delete_model_version_tag(name, str(number), "promotion.rolled_back")
     decision = Decision(name, action, number, before, number if promote else before, promote,
                         "promoted" if promote else "refused", reasons, checks, comparison, bench, now)
     for k, v in decision.tags().items():
@@ -279,6 +335,10 @@ def promote(params: Params, root: Path, version: int | None = None, rollback: bo
 
     tracking.setup(root, params)
     client = mlflow.MlflowClient()
+    if params.promote.rescore and not rollback:
+        from .rescore import rescore_champion
+
+        rescore_champion(params, root, client, version)
     with promotion_lock(mlflow.get_tracking_uri(), params.promote.lock_timeout_seconds):
         decision = decide(params, client, version, rollback)
     record(decision)

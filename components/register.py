@@ -10,8 +10,9 @@ and the promotion gate need:
   by the tag ``bench.scores_uri``: the gate (``promote.py``) bootstraps a candidate against the
   champion on the same rows from them;
 - which benchmark scored it: ``bench.dataset`` (the DVC hash of data/bench), ``bench.judges``
-  (of models/judges), ``bench.judge_set`` and ``bench.rows``; the gate compares only versions
-  scored alike;
+  (a hash of the judge set's files), ``bench.judge_set``, ``bench.settings`` (the evaluate and
+  judges settings a row's score depends on), ``bench.code`` (the scoring code) and
+  ``bench.rows``; the gate compares only versions scored alike;
 - its lineage: the DVC hashes of the model folder and of the data and models it was trained
   from, the git commit, and the flow run that produced it.
 
@@ -41,6 +42,8 @@ class RegisterPaths:
                                    "the benchmark", many=True)
     scores: Path = path_field("the evaluate stage's metrics (metrics/evaluate.json)")
     bench_scores: Path = path_field("the evaluate stage's per-row scores (reports/evaluate/scores.csv)")
+    judges: Path = path_field("folder holding the judge sets (models/judges): the set that scored the benchmark is "
+                              "hashed into the versions' bench.judges tag")
     reports: Path = path_field("folder receiving registered.json")
     project: Path = path_field("the project folder: its dvc.lock gives the lineage tags, its default MLflow store "
                                "the registry (.)")
@@ -60,7 +63,7 @@ def run(params: Params, paths: RegisterPaths) -> dict:
     client = mlflow.MlflowClient()
     evaluated = read_json(paths.scores)
     rows = pd.read_csv(paths.bench_scores)
-    identity = bench_identity(root, params)
+    identity = bench_identity(root, params, paths.judges)
     flow_run = os.environ.get(tracking.STAGE_RUN_ENV)  # under the flow: log into its register run
     opened = mlflow.start_run(run_id=flow_run) if flow_run else \
         mlflow.start_run(run_name="register", tags={"kind": "register"})

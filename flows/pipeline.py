@@ -128,7 +128,8 @@ def _summary_markdown(results: list[dict], wall: float, url: str, pushed: int | 
     if pushed is not None:
         lines.append(f"DVC push: {pushed} file(s) sent to the default remote.")
     if promoted is not None:
-        lines.append(f"Promotion: {promoted['verdict']} (version {promoted['version']}; champion "
+        lines.append(f"Promotion failed: {promoted['error']}" if promoted["verdict"] == "error" else
+                     f"Promotion: {promoted['verdict']} (version {promoted['version']}; champion "
                      f"{promoted['champion_before']} -> {promoted['champion_after']}); see the artifact `promotion`.")
     return "\n".join(lines) + "\n"
 
@@ -185,7 +186,13 @@ def pipeline(project: str = ".", stages: list[str] | None = None, force: bool = 
             if changed and (push if push is not None else params.pipeline.push):
                 pushed = lineage.push(root)
             if stages is None and params.promote.auto and any(info.name == "register" for info in selected):
-                promoted = promote_task(str(root))
+                try:
+                    promoted = promote_task(str(root))
+                except Exception as e:  # the retrain fails, and its MLflow run says why
+                    promoted = {"verdict": "error", "version": None, "champion_before": None, "champion_after": None,
+                                "error": tracking.redact_uri(str(e))[:500]}
+                    mlflow.set_tags({"promotion.verdict": "error", "promotion.error": promoted["error"]})
+                    raise
         finally:
             wall = time.perf_counter() - t0
             compute = sum(r.get("seconds", 0.0) for r in results)
@@ -194,7 +201,8 @@ def pipeline(project: str = ".", stages: list[str] | None = None, force: bool = 
             url = tracking.run_url(parent)
             md = _summary_markdown(results, wall, url, pushed, promoted)
             mlflow.log_text(md, "summary.md")
-            mlflow.set_tag("flow.state", "failed" if any(r["state"] == "failed" for r in results) else "completed")
+            failed = any(r["state"] == "failed" for r in results) or (promoted or {}).get("verdict") == "error"
+            mlflow.set_tag("flow.state", "failed" if failed else "completed")
             create_markdown_artifact(md, key="subjectflow-pipeline", description="stages, states and the MLflow run")
     return {"parent_run_id": parent.info.run_id, "stages": results, "seconds": wall, "mlflow_url": url,
             "promotion": promoted}

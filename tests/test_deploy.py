@@ -89,6 +89,11 @@ def _runs(env) -> list:
         return client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_ASC)
 
 
+def _deployment(env):
+    with _client(env) as client:
+        return client.read_deployment_by_name(DEPLOYMENT)
+
+
 def _wait(env, predicate, timeout: float, what: str):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -107,9 +112,16 @@ def _cli(env, *args, **kw) -> subprocess.CompletedProcess:
 def test_a_scheduled_retrain_fires_and_a_second_run_waits_for_it(prefect_server, tmp_path):
     env = prefect_server
     root = make_project(tmp_path / "p", tiny_params())
-    deployed = _cli(env, "deploy", "--project", str(root), "--interval", "20")
+    # a path in the deploying shell's SUBJECTFLOW_PROJECT is not baked in: each worker resolves its own
+    deployed = _cli({**env, "SUBJECTFLOW_PROJECT": "/nowhere"}, "deploy", "--project", str(root), "--interval", "20")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     assert "work pool 'subjectflow' (process) created" in deployed.stdout
+    deployment = _deployment(env)
+    assert deployment.pull_steps == [{"prefect.deployments.steps.set_working_directory":
+                                      {"directory": "{{ $SUBJECTFLOW_PROJECT }}"}}]
+    # --interval replaces prefect.yaml's nightly schedule rather than adding one beside it
+    assert [s.schedule.interval.total_seconds() for s in deployment.schedules] == [20.0]
+    assert not (root / ".prefect-deploy.yaml").exists()
     listing = subprocess.run([sys.executable, "-m", "prefect", "deployment", "ls"], env=env, capture_output=True,
                              text=True, timeout=120)
     assert "subjectflow-pipeline/retrain" in listing.stdout.replace(" ", "")  # the table may wrap
@@ -154,6 +166,9 @@ def test_a_scheduled_retrain_fires_and_a_second_run_waits_for_it(prefect_server,
     # schedule that never comes due here, and the runs the old one queued removed)
     redeployed = _cli(env, "deploy", "--project", str(root), "--cron", "0 0 1 1 *", "--collision", "cancel")
     assert redeployed.returncode == 0, redeployed.stdout + redeployed.stderr
+    deployment = _deployment(env)
+    assert [getattr(s.schedule, "cron", None) for s in deployment.schedules] == ["0 0 1 1 *"]
+    assert deployment.concurrency_options.collision_strategy == "CANCEL_NEW"
     with _client(env) as client:
         for r in client.read_flow_runs():
             if r.state_name not in ("Completed", "Failed", "Crashed", "Cancelled"):

@@ -287,14 +287,60 @@ def test_changing_only_sft_reruns_sft_and_benchmarks_only_sft_and_rl(project):
 
 
 def test_changing_a_judges_param_retrains_the_judges_and_rescores(project):
+    """New judges: everything they scored is scored again, and the champion too. The champion is
+    made version 1 by hand first, whose sft weights were retrained away (no folder of the project
+    holds them, so register cannot retag it): the gate scores it on today's benchmark before
+    comparing, rather than refusing forever."""
+    from components.config import load_params
+    from components.promote import BENCH_IDENTITY, promote
+
     root, _ = project
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    client = mlflow.MlflowClient()
+    promote(load_params(root / "params.yaml"), root, version=1)
+    old = client.get_model_version("subjectflow-generator", "1")
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["judges"]["aesthetic_steps"] += 1
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert set(lineage.status(root)) == {"judges"}  # the rest goes stale once the judges change
-    states = _states(_flow(root))
+    summary = _flow(root)
+    states = _states(summary)
     assert [states[s] for s in ("synthesize", "validate", "pretrain")] == ["skipped"] * 3  # not downstream of judges
     assert states["judges"] == states["multisubject"] == states["evaluate"] == "ran"
+    candidate = client.get_model_version_by_alias("subjectflow-generator", "candidate")
+    rescored = client.get_model_version("subjectflow-generator", "1")
+    assert candidate.version != "1" and old.tags["bench.judges"] != candidate.tags["bench.judges"]
+    assert {k: rescored.tags[k] for k in BENCH_IDENTITY} == {k: candidate.tags[k] for k in BENCH_IDENTITY}
+    assert "bench.rescored" in rescored.tags and rescored.tags["bench.scores_uri"] != old.tags["bench.scores_uri"]
+    assert rescored.tags["bench.rows"] == candidate.tags["bench.rows"]
+    rows = mlflow.artifacts.load_text(rescored.tags["bench.scores_uri"])
+    assert rows.count("\n") == int(rescored.tags["bench.rows"]) + 1
+    assert summary["promotion"]["verdict"] in ("promoted", "refused") and summary["promotion"]["comparison"]
+    assert mlflow.get_run(summary["parent_run_id"]).data.tags["rescored.version"] == "1"
+
+
+def test_a_promotion_that_cannot_run_fails_the_retrain_and_says_so(project):
+    """Another promotion holds the lock past promote.lock_timeout_seconds: the flow fails, and its
+    MLflow run says so (flow.state failed, promotion.verdict error with the reason)."""
+    from filelock import FileLock
+
+    from components.promote import PromotionError
+
+    root, _ = project
+    text = (root / "params.yaml").read_text()
+    params = yaml.safe_load(text)
+    params["promote"]["lock_timeout_seconds"] = 1  # not a DVC parameter: nothing goes stale
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        with FileLock(str(root / "mlflow.db.promotion.lock")), pytest.raises(PromotionError, match="another promotion"):
+            _flow(root)
+    finally:
+        (root / "params.yaml").write_text(text)
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    last = mlflow.search_runs(search_all_experiments=True, output_format="list", filter_string="tags.kind = 'pipeline'",
+                              order_by=["attributes.start_time DESC"])[0]
+    assert last.data.tags["flow.state"] == "failed" and last.data.tags["promotion.verdict"] == "error"
+    assert "another promotion held" in last.data.tags["promotion.error"]
 
 
 def test_outputs_edited_by_hand_are_restored_by_dvc(project):

@@ -44,6 +44,11 @@ def test_batch_scale_keeps_a_group_that_barely_differs_small():
     np.testing.assert_allclose(adv, dev / (np.sqrt((dev ** 2).mean()) + 1e-4), rtol=1e-4, atol=1e-9)
     with pytest.raises(ValueError, match="scale"):
         group_advantages(r, {"psr": 1.0}, groups, scale="global")
+    # a tied group adds nothing to the pooled std: the others' advantages are as without it
+    tied = {"psr": np.concatenate([r["psr"], [0.7, 0.7, 0.7]])}
+    adv3, keep3 = group_advantages(tied, {"psr": 1.0}, groups + ["c"] * 3, scale="batch")
+    np.testing.assert_allclose(adv3[:6], adv, rtol=1e-6)
+    assert not keep3[6:].any() and (adv3[6:] == 0).all()
 
 
 def test_a_group_without_spread_is_left_out():

@@ -156,6 +156,67 @@ def test_rollback_restores_the_champion_it_replaced(registry):
         promote(params, root, version=99)
 
 
+def test_the_gate_does_not_undo_a_rollback(registry):
+    """After a rollback @candidate still names the rolled-back version: the next gate run (the
+    nightly retrain's) refuses it; by hand it can be promoted again, and then it is not marked."""
+    root, params = registry
+    first = _version(root, _rows(0.30, 0.6, 0.5, seed=0))
+    promote(params, root)
+    second = _version(root, _rows(0.40, 0.6, 0.5, seed=1))
+    promote(params, root)
+    promote(params, root, rollback=True)
+    d = promote(params, root)
+    assert (d.verdict, d.version, _champion()) == ("refused", second, first)
+    assert "was rolled back" in d.reasons[0] and not d.checks
+    d = promote(params, root, version=second)
+    assert (d.verdict, _champion()) == ("promoted", second) and "promotion.rolled_back" not in _tags(second)
+
+
+def test_a_rollback_to_a_deleted_version_says_so(registry):
+    root, params = registry
+    first = _version(root, _rows(0.30, 0.6, 0.5, seed=0))
+    promote(params, root)
+    _version(root, _rows(0.40, 0.6, 0.5, seed=1))
+    promote(params, root)
+    mlflow.MlflowClient().delete_model_version(NAME, str(first))
+    with pytest.raises(PromotionError, match=f"version {first}, which is no longer in the registry"):
+        promote(params, root, rollback=True)
+
+
+def test_a_registry_error_is_never_read_as_no_champion():
+    """Only "no such model or alias" means no champion; any other error (the server down) is
+    raised, so the gate never promotes over a champion it could not read."""
+    from mlflow.exceptions import MlflowException
+
+    from components.promote import aliased
+
+    class Client:
+        def __init__(self, code):
+            self.code = code
+
+        def get_model_version_by_alias(self, name, alias):
+            from mlflow.protos import databricks_pb2
+
+            raise MlflowException("boom", error_code=getattr(databricks_pb2, self.code))
+
+    assert aliased(Client("RESOURCE_DOES_NOT_EXIST"), NAME, "champion") is None
+    assert aliased(Client("INVALID_PARAMETER_VALUE"), NAME, "champion") is None
+    with pytest.raises(MlflowException, match="boom"):
+        aliased(Client("TEMPORARILY_UNAVAILABLE"), NAME, "champion")
+
+
+def test_a_tracking_server_needs_a_prefect_server_for_the_lock():
+    """Against an MLflow server the lock is a Prefect global concurrency limit; without
+    PREFECT_API_URL each process would get an ephemeral server and a lock of its own."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from components.promote import promotion_lock
+
+    with temporary_settings({PREFECT_API_URL: None}), pytest.raises(PromotionError, match="PREFECT_API_URL"):
+        with promotion_lock("http://127.0.0.1:5000", 1):
+            pass
+
+
 RACE = """
 import sys, time
 import mlflow

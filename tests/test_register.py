@@ -47,7 +47,8 @@ def project(tmp_path, monkeypatch):
 
 
 ARGS = ["--params", "params.yaml", "--model", "models/sft", "models/rl", "--scores", "metrics/evaluate.json",
-        "--bench-scores", "reports/evaluate/scores.csv", "--reports", "reports/register", "--project", ".",
+        "--bench-scores", "reports/evaluate/scores.csv", "--judges", "models/judges", "--reports", "reports/register",
+        "--project", ".",
         "--metrics", "metrics/register.json"]
 
 
@@ -85,7 +86,7 @@ def test_every_scored_generator_is_registered_once_and_the_best_is_the_candidate
     rows = pd.read_csv(mlflow.artifacts.download_artifacts(v2.tags[versions.SCORES_URI_TAG], dst_path=str(project / "dl")))
     assert set(rows["generator"]) == {"rl"} and rows["SC"].tolist() == pytest.approx([0.70, 0.71, 0.72])
     assert v2.tags["bench.rows"] == "3" and v2.tags["bench.judge_set"] == "eval"
-    assert v2.tags["bench.dataset"] == v2.tags["bench.judges"] == "unversioned"  # no dvc.lock here
+    assert v2.tags["bench.dataset"] == "unversioned" and v2.tags["bench.judges"] == "missing"  # no dvc.lock, no judges
     # the register metrics file holds no timings: they went to the run record
     assert "peak_rss_mb" not in json.loads((project / "metrics" / "register.json").read_text())
     assert json.loads((project / "record.json").read_text())["timings"]["peak_rss_mb"] > 0
@@ -143,3 +144,48 @@ def test_score_tags_leave_timings_out():
     tags = versions.score_tags(scores, "sft")
     assert tags["bench.Overall.SC"] == 0.7 and tags["bench.vs.pretrain.Overall.SC.low"] == 0.0
     assert not [k for k in tags if "seconds" in k or "timing" in k]
+
+
+def test_the_benchmark_identity_follows_what_a_row_score_depends_on(tmp_path):
+    """bench.settings changes with a setting that changes a row's score (the seed, the sampling
+    overrides, the judges' crop) and not with the list of generators; bench.judges hashes the
+    judge set that scored, not the other one."""
+    from components.config import Params
+    from components.pipeline.project import default_params
+    from components.pipeline.versions import bench_identity
+
+    def identity(**evaluate):
+        raw = default_params()
+        raw["evaluate"].update(evaluate)
+        return bench_identity(tmp_path, Params.model_validate(raw), tmp_path / "judges")
+
+    for judge_set in ("eval", "reward"):
+        (tmp_path / "judges" / judge_set).mkdir(parents=True)
+        (tmp_path / "judges" / judge_set / "w.bin").write_bytes(judge_set.encode())
+    base = identity()
+    assert identity(generators=["oracle"], compare=[])["bench.settings"] == base["bench.settings"]
+    assert identity(seed=1)["bench.settings"] != base["bench.settings"]
+    assert identity(sample_steps=3)["bench.settings"] != base["bench.settings"]
+    before = base["bench.judges"]
+    (tmp_path / "judges" / "reward" / "w.bin").write_bytes(b"retrained")
+    assert identity()["bench.judges"] == before
+    (tmp_path / "judges" / "eval" / "w.bin").write_bytes(b"retrained")
+    assert identity()["bench.judges"] != before
+
+
+def test_a_stage_shorter_than_the_sampling_interval_still_gets_system_metrics(tmp_path, monkeypatch):
+    """MLflow's monitor drops the window it is in when stopped; tracking.system_metrics logs it."""
+    import time
+
+    from components.pipeline.tracking import system_metrics
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    try:
+        with mlflow.start_run() as run:
+            with system_metrics(run.info.run_id, 60):
+                time.sleep(0.5)
+        metrics = mlflow.get_run(run.info.run_id).data.metrics
+        assert metrics["system/system_memory_usage_megabytes"] > 0 and "system/cpu_utilization_percentage" in metrics
+    finally:
+        mlflow.set_tracking_uri(None)

@@ -90,6 +90,10 @@ class PromoteParams(Section):
     floors: Scores = Field(
         Scores(SC=0.2, SA=0.4, AES=0.2),
         description="With no champion yet, the candidate's Overall scores must reach these to become champion.")
+    rescore: bool = Field(
+        True, description="When the champion was scored by another benchmark than the candidate (new benchmark data, "
+                          "judges, scoring settings or code), score the champion's registered model on the project's "
+                          "benchmark before the gate compares; false: refuse such a comparison.")
     resamples: Annotated[int, Field(ge=100)] = Field(2000, description="Bootstrap resamples.")
     seed: int = Field(0, description="Bootstrap seed.")
     lock_timeout_seconds: Annotated[float, Field(gt=0)] = Field(

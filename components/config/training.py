@@ -231,8 +231,9 @@ class RLParams(Section):
                                   "mean what they say); sum: Flow-GRPO's weighted sum normalised within its group.")
     advantage_scale: Literal["group", "batch"] = Field(
         "group", description="What a sample's deviation from its group's mean is divided by: the group's std (group, "
-                             "GRPO's) or the iteration's pooled within-group std (batch, Flow-GRPO's global_std): "
-                             "groups that barely differ then keep small advantages.")
+                             "GRPO's) or the within-group std pooled over the iteration's groups that vary (batch; "
+                             "not Flow-GRPO's global_std, the batch's total std): groups that barely differ then "
+                             "keep small advantages.")
     group_size: Annotated[int, Field(ge=2)] = Field(6, description="G: samples per group (one prompt with its references).")
     groups_per_batch: Annotated[int, Field(ge=1)] = Field(4, description="Groups in one training batch.")
     batches: Annotated[int, Field(ge=1)] = Field(2, description="Training batches rolled out per iteration.")

@@ -95,7 +95,8 @@ def synthesize_split(cfg: SynthesizeParams, split: str, dataset_dir: Path, resou
     items = plan(cfg, split)
     with atomic_dir(dataset_dir) as tmp:
         (tmp / "images").mkdir()
-        jobs = [(cfg, split, items[i:i + _CHUNK], tmp) for i in range(0, len(items), _CHUNK)]
+        # absolute: a remote Dask worker's working directory is not this process's
+        jobs = [(cfg, split, items[i:i + _CHUNK], tmp.resolve()) for i in range(0, len(items), _CHUNK)]
         rows: list[dict] = []
         with tqdm(total=len(items), desc=f"synthesize {split}", unit="sample", mininterval=1.0) as bar:
             for chunk in fan_out(_work, jobs, resources):

@@ -44,9 +44,10 @@ def group_advantages(rewards: Mapping[str, np.ndarray], weights: Mapping[str, fl
       whatever each reward's scale and spread;
     - ``sum``: Flow-GRPO's, the weighted sum of raw rewards normalised within its group.
     ``scale``: what the deviations from the group mean are divided by: the group's own std
-    (``group``, GRPO's), or the pooled within-group std of the whole batch (``batch``, like
-    Flow-GRPO's ``global_std``): a group whose samples barely differ then keeps small
-    advantages instead of having its differences, mostly judge noise, blown up to unit size.
+    (``group``, GRPO's), or the pooled within-group std of the batch's groups that vary
+    (``batch``): a group whose samples barely differ then keeps small advantages instead of having
+    its differences, mostly judge noise, blown up to unit size. (Flow-GRPO's ``global_std``
+    divides by the batch's total std instead, which also counts the spread between prompts.)
     A group whose rewards have zero spread (every reward tied in ``per_reward``, the sum tied in
     ``sum``) carries no signal: its samples get ``keep`` False (and advantage 0)."""
     if mode not in ("per_reward", "sum"):
@@ -63,11 +64,13 @@ def group_advantages(rewards: Mapping[str, np.ndarray], weights: Mapping[str, fl
     else:
         series, scales = [parts[k] for k in weights], list(weights.values())
     members = [np.flatnonzero(keys == key) for key in np.unique(keys)]
-    deviations = np.zeros((len(series), n))
+    deviations, varies = np.zeros((len(series), n)), np.zeros((len(series), n), bool)
     for idx in members:
         for j, s in enumerate(series):
             deviations[j, idx] = s[idx] - s[idx].mean()
-    pooled = np.sqrt((deviations ** 2).mean(axis=1))  # (series,): the batch's within-group std
+            varies[j, idx] = s[idx].max() > s[idx].min()
+    # (series,): the within-group std pooled over the groups that vary (tied ones would shrink it)
+    pooled = np.sqrt(np.where(varies, deviations ** 2, 0).sum(axis=1) / np.maximum(varies.sum(axis=1), 1))
     adv, keep = np.zeros(n), np.zeros(n, bool)
     for idx in members:
         a, spread = np.zeros(len(idx)), False

@@ -43,7 +43,8 @@ def _prefect_api(command: str) -> str:
     return url
 
 
-def _deployment_spec(root: Path) -> dict:
+def _prefect_file(root: Path) -> tuple[dict, dict]:
+    """prefect.yaml's contents and its ``retrain`` deployment (a part of them)."""
     import yaml
 
     spec = root / "prefect.yaml"
@@ -53,7 +54,11 @@ def _deployment_spec(root: Path) -> dict:
     retrain = next((d for d in found.get("deployments") or [] if d.get("name") == "retrain"), None)
     if retrain is None:
         raise UsageError(f"{spec}: no deployment named 'retrain'")
-    return retrain
+    return found, retrain
+
+
+def _deployment_spec(root: Path) -> dict:
+    return _prefect_file(root)[1]
 
 
 def _ensure_pool(pool: str) -> bool:
@@ -75,22 +80,32 @@ def _ensure_pool(pool: str) -> bool:
 def cmd_deploy(args) -> int:
     """Register the retrain deployment of prefect.yaml (schedule and collision strategy
     overridable) on the Prefect server, creating its process work pool if needed."""
+    import yaml
+
     root = _project(args)
     url = _prefect_api("subjectflow deploy")
-    spec = _deployment_spec(root)
+    found, spec = _prefect_file(root)
     pool = args.pool or spec["work_pool"]["name"]
     if _ensure_pool(pool):
         print(f"work pool {pool!r} (process) created on {url}")
-    command = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", str(root / "prefect.yaml"),
-               "--name", "retrain", "--pool", pool]
-    if args.cron:
-        command += ["--cron", args.cron]
-    if args.interval:
-        command += ["--interval", str(args.interval)]
+    # the options replace prefect.yaml's schedule and collision strategy (prefect deploy's own
+    # --cron/--interval would add a schedule beside the nightly one), in a copy deployed instead
+    if args.cron or args.interval:
+        spec["schedules"] = [{"cron": args.cron, "timezone": "UTC"} if args.cron else {"interval": args.interval}]
     if args.collision:
-        command += ["--concurrency-limit", "1", "--collision-strategy",
-                    {"enqueue": "ENQUEUE", "cancel": "CANCEL_NEW"}[args.collision]]
-    done = subprocess.run(command, cwd=root, env={**os.environ, "SUBJECTFLOW_PROJECT": str(root)})
+        spec["concurrency_limit"] = {"limit": 1,
+                                     "collision_strategy": {"enqueue": "ENQUEUE", "cancel": "CANCEL_NEW"}[args.collision]}
+    copy = root / ".prefect-deploy.yaml"
+    copy.write_text(yaml.safe_dump(found, sort_keys=False))
+    command = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", str(copy),
+               "--name", "retrain", "--pool", pool]
+    # SUBJECTFLOW_PROJECT left unset: prefect deploy would write its value into the pull step,
+    # which each worker resolves from its own environment instead (subjectflow worker sets it)
+    env = {k: v for k, v in os.environ.items() if k != "SUBJECTFLOW_PROJECT"}
+    try:
+        done = subprocess.run(command, cwd=root, env=env)
+    finally:
+        copy.unlink(missing_ok=True)
     if done.returncode:
         return done.returncode
     print(f"deployment subjectflow-pipeline/retrain on {url}, pool {pool!r}; run it with `subjectflow worker "

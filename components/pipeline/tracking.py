@@ -189,6 +189,11 @@ def system_metrics(run_id: str, seconds: float):
         yield
     finally:
         monitor.finish()
+        # the monitor drops the window it was in when stopped: a last sample, taken now, with
+        # what that window collected (a stage shorter than the interval gets one too)
+        monitor.collect_metrics()
+        monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()
 
 
 REPORTS_RUN_TAG = "reports_run_id"

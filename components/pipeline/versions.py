@@ -12,8 +12,14 @@ from ..io import folder_hash
 LINEAGE = ("models/sft", "data/multisubject", "models/pretrain", "models/judges", "data/single", "data/multi",
            "data/bench")
 MODEL_HASH_TAG = "model.sha256"
-# Which benchmark scored a version: the gate refuses to compare versions that differ in these.
-BENCH_IDENTITY = ("bench.dataset", "bench.judges", "bench.judge_set")
+# Which benchmark scored a version: the gate compares two versions' per-row scores only when all of
+# these agree (the rows, the judge set's files, its name, the scoring settings, the scoring code).
+BENCH_IDENTITY = ("bench.dataset", "bench.judges", "bench.judge_set", "bench.settings", "bench.code")
+# The settings a benchmark row's score depends on besides the generator's weights and its own
+# sampling.json: the evaluate section without the list of generators and comparisons, and the
+# judges section (crop size; its training settings are in the judge files already).
+SETTINGS_LEFT_OUT = ("generators", "compare", "grid_rows", "bootstrap")
+SCORING_CODE = ("benchmark", "judging")  # packages of components/ that draw and score the rows
 SCORES_URI_TAG = "bench.scores_uri"
 
 
@@ -27,14 +33,25 @@ def lineage_tags(root: Path, model: str) -> dict[str, str]:
     return {**git_tags(root), **{f"dvc.{p}": outs[p] for p in (model, *LINEAGE) if p in outs}}
 
 
-def bench_identity(root: Path, params: Params) -> dict[str, str]:
-    """What makes two versions' benchmark scores comparable: the benchmark data, the judges and
-    the judge set that scored them ("unversioned" outside a DVC project)."""
+def bench_identity(root: Path, params: Params, judges_dir: Path | None = None) -> dict[str, str]:
+    """What makes two versions' benchmark scores comparable (BENCH_IDENTITY): the benchmark data
+    (its dvc.lock hash, "unversioned" outside a DVC project), the files of the judge set that
+    scored them (under ``judges_dir``, default models/judges), its name, a hash of the scoring
+    settings and one of the scoring code."""
+    import hashlib
+    import json
+
+    from ..benchmark.cache import PACKAGE, code_hash
     from .lineage import locked_outs
 
-    outs = locked_outs(root)
-    return {"bench.dataset": outs.get("data/bench", "unversioned"), "bench.judges": outs.get("models/judges", "unversioned"),
-            "bench.judge_set": params.evaluate.judge_set}
+    judge_set = (judges_dir or root / "models" / "judges") / params.evaluate.judge_set
+    settings = {"evaluate": params.evaluate.model_dump(exclude=set(SETTINGS_LEFT_OUT)), "judges": params.judges.model_dump()}
+    code = hashlib.sha256("".join(code_hash(PACKAGE / p) for p in SCORING_CODE).encode()).hexdigest()
+    return {"bench.dataset": locked_outs(root).get("data/bench", "unversioned"),
+            "bench.judges": folder_hash(judge_set)[:16] if judge_set.is_dir() else "missing",
+            "bench.judge_set": params.evaluate.judge_set,
+            "bench.settings": hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16],
+            "bench.code": code[:16]}
 
 
 def registered_version(client, model_name: str, model_hash: str):
@@ -55,6 +72,23 @@ def score_tags(scores: dict, generator: str) -> dict[str, float]:
     for baseline, diffs in scores.get("compare", {}).get(generator, {}).items():
         mine[f"vs.{baseline}"] = diffs
     return {f"bench.{k}": v for k, v in numeric_metrics(mine).items()}
+
+
+def bench_tags(scores: dict, identity: dict, rows, scores_uri: str) -> dict[str, str]:
+    """A version's ``bench.*`` tags: its scores (score_tags), the benchmark that scored it, how
+    many rows, where its per-row scores are."""
+    return {**{k: f"{v:.4f}" for k, v in scores.items()}, **identity, "bench.rows": str(len(rows)),
+            SCORES_URI_TAG: scores_uri}
+
+
+def retag(client, model_name: str, version: str, old: dict, bench: dict[str, str]) -> None:
+    """Replace a version's ``bench.*`` tags (``old``: its tags now) by ``bench``: today's first, so
+    a gate reading meanwhile never finds none, then the ones today's benchmark no longer has."""
+    for k, v in bench.items():
+        client.set_model_version_tag(model_name, version, k, v)
+    for k in old:
+        if k.startswith("bench.") and k not in bench:
+            client.delete_model_version_tag(model_name, version, k)
 
 
 def register_one(client, cfg, root: Path, folder: Path, scores: dict, rows, identity: dict, run) -> dict:
@@ -78,13 +112,10 @@ def register_one(client, cfg, root: Path, folder: Path, scores: dict, rows, iden
                    "generator": name, MODEL_HASH_TAG: model_hash, "run_id": run.info.run_id}
     else:  # its lineage stays that of the run that logged it; its scores are today's benchmark
         version, model_uri, lineage = str(existing.version), existing.source, {}
-        for k in existing.tags:
-            if k.startswith("bench.") and k not in scores:
-                client.delete_model_version_tag(cfg.model_name, version, k)
-    bench = {**{k: f"{v:.4f}" for k, v in scores.items()}, **identity, "bench.rows": str(len(rows)),
-             SCORES_URI_TAG: f"runs:/{run.info.run_id}/{rows_path}"}
-    for k, v in {**lineage, **bench}.items():
+    for k, v in lineage.items():
         client.set_model_version_tag(cfg.model_name, version, k, v)
+    retag(client, cfg.model_name, version, existing.tags if existing is not None else {},
+          bench_tags(scores, identity, rows, f"runs:/{run.info.run_id}/{rows_path}"))
     client.update_model_version(cfg.model_name, version, description=(
         f"{name} generator; benchmark Overall SC {scores.get('bench.Overall.SC', float('nan')):.3f}, "
         f"SA {scores.get('bench.Overall.SA', float('nan')):.3f}, AES {scores.get('bench.Overall.AES', float('nan')):.3f}"))
