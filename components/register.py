@@ -27,6 +27,7 @@ lineage stays that of the run that logged it.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,9 @@ def run(params: Params, paths: RegisterPaths) -> dict:
             records.append(register_one(client, cfg, root, (root / folder) if not folder.is_absolute() else folder,
                                          scores, rows, identity, run))
         key = f"bench.Overall.{cfg.candidate_by}"
-        best = max(records, key=lambda r: r["scores"].get(key, float("-inf")))  # the first of equals
+        # the first of equals; a missing or NaN score ranks last (NaN would compare False with everything)
+        best = max(records, key=lambda r: r["scores"].get(key, float("-inf")) if math.isfinite(
+            r["scores"].get(key, float("-inf"))) else float("-inf"))
         mlflow.set_tags({"registered.candidate": best["generator"], "registered.version": str(best["version"])})
     client.set_registered_model_alias(cfg.model_name, cfg.alias, str(best["version"]))
     print(f"@{cfg.alias} -> version {best['version']} ({best['generator']}, best Overall {cfg.candidate_by} "

@@ -161,6 +161,9 @@ def pipeline(project: str = ".", stages: list[str] | None = None, force: bool = 
     root = Path(project).resolve()
     params = load_params(root / "params.yaml")
     tracking.setup(root, params)
+    if lineage.configure_remote(root, params.pipeline.dvc_remote, params.pipeline.s3_endpoint_url):
+        print(f"DVC remote {lineage.REMOTE!r}: {params.pipeline.dvc_remote} (.dvc/config; commit it so clones pull "
+              "from it)")
     order = lineage.stages(root)
     unknown = sorted(set(stages or []) - {s.name for s in order})
     if unknown:

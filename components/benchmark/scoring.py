@@ -17,6 +17,7 @@ from .. import world
 from ..config import Params
 from ..data.grids import grid, load_rgb
 from ..data.manifest import read_manifest
+from ..fanout import fan_out
 from ..io import folder_hash
 from ..judging.base import JudgeSet
 from ..judging.rewards import make_reward, remember_references
@@ -82,6 +83,32 @@ def generate_all(gen: Generator, rows: list[BenchRow], side: int, seed: int) -> 
     return images
 
 
+def _overrides(params: Params) -> dict:
+    cfg = params.evaluate
+    return {"steps": cfg.sample_steps, "guidance": cfg.guidance, "precision": cfg.sample_precision}
+
+
+def draw_and_score(params: Params, rows: list[BenchRow], side: int, judges: JudgeSet, models: Path | None,
+                   name: str) -> tuple[pd.DataFrame, list[np.ndarray], dict]:
+    """Generator ``name``'s image for every row and their scores, with the seconds each took."""
+    t0 = time.perf_counter()
+    gen = make_generator(name, models=models, **({} if name in available() else _overrides(params)))
+    images = generate_all(gen, rows, side, params.evaluate.seed)
+    t1 = time.perf_counter()
+    scores = score(rows, images, judges, params.judges.crop_size)
+    return scores, images, {"generate_seconds": round(t1 - t0, 3), "score_seconds": round(time.perf_counter() - t1, 3)}
+
+
+def _draw_and_score_job(job) -> tuple[pd.DataFrame, list[np.ndarray], dict]:
+    """``draw_and_score`` on a fan-out worker: the rows and the judges loaded there, the
+    references remembered as the stage's own process does."""
+    params, bench_dir, judges_dir, models, name = job
+    judges = load_judge_set(judges_dir / params.evaluate.judge_set, params.judges)
+    rows, side = load_bench(bench_dir, params.evaluate.per_subset)
+    remember_references(judges, [r.meta for r in rows], params.judges.crop_size)
+    return draw_and_score(params, rows, side, judges, models, name)
+
+
 def benchmark(params: Params, bench_dir: Path, judges_dir: Path, reports: Path,
               generators: list[str] | None = None, models: Path | None = None, cache: Path | None = None) -> dict:
     """Score ``generators`` (default: params.evaluate.generators; reference generators by name,
@@ -98,34 +125,34 @@ def benchmark(params: Params, bench_dir: Path, judges_dir: Path, reports: Path,
     store = ScoreCache(cache, bench_dir, judges_dir / cfg.judge_set,
                        {"judges_params": params.judges.model_dump(), "per_subset": cfg.per_subset, "seed": cfg.seed}) \
         if cache is not None else None
-    remembered = False
-    for name in generators or cfg.generators:
-        t0 = time.perf_counter()
-        reference = name in available()
-        kwargs = {} if reference else {"steps": cfg.sample_steps, "guidance": cfg.guidance,
-                                       "precision": cfg.sample_precision}
-        folder = None if reference else trained_folder(name, models)
+    names, keys, drawn = list(generators or cfg.generators), {}, {}
+    for name in names:
+        folder = None if name in available() else trained_folder(name, models)
         if folder is not None:  # a trained generator: how it was sampled goes with its scores
-            sampling[name] = asdict(SamplingSettings.load(folder).override(**kwargs))
-        key = store.key(name, folder_hash(folder) if folder else None, sampling.get(name)) if store else None
-        hit = store.load(key) if store else None
+            sampling[name] = asdict(SamplingSettings.load(folder).override(**_overrides(params)))
+        keys[name] = store.key(name, folder_hash(folder) if folder else None, sampling.get(name)) if store else None
+        hit = store.load(keys[name]) if store else None
         if hit is not None:
-            scores, images = hit
-            print(f"evaluate: {name} unchanged since a previous benchmark (cache {key}): not sampled again",
+            drawn[name] = hit
+            print(f"evaluate: {name} unchanged since a previous benchmark (cache {keys[name]}): not sampled again",
                   flush=True)
             timing[name] = {"generate_seconds": 0.0, "score_seconds": 0.0, "cached": 1}
-        else:
-            if not remembered:  # before the first generator scored, whichever it is: see remember_references
-                remember_references(judges, [r.meta for r in rows], params.judges.crop_size)
-                remembered = True
-            gen = make_generator(name, models=models, **kwargs)
-            images = generate_all(gen, rows, side, cfg.seed)
-            t1 = time.perf_counter()
-            scores = score(rows, images, judges, params.judges.crop_size)
-            timing[name] = {"generate_seconds": round(t1 - t0, 3), "score_seconds": round(time.perf_counter() - t1, 3),
-                            "cached": 0}
-            if store:
-                store.store(key, scores, images)
+    todo = [name for name in names if name not in drawn]
+    if todo and params.resources.engine == "dask":  # one job per generator, each worker loading its own judges
+        jobs = [(params, bench_dir.resolve(), judges_dir.resolve(), models.resolve() if models else None, name)
+                for name in todo]
+        done = fan_out(_draw_and_score_job, jobs, params.resources)
+    else:
+        if todo:  # before the first generator scored, whichever it is: see remember_references
+            remember_references(judges, [r.meta for r in rows], params.judges.crop_size)
+        done = (draw_and_score(params, rows, side, judges, models, name) for name in todo)
+    for name, (scores, images, seconds) in zip(todo, done):
+        drawn[name] = scores, images
+        timing[name] = {**seconds, "cached": 0}
+        if store:
+            store.store(keys[name], scores, images)
+    for name in names:
+        scores, images = drawn[name]
         scores.insert(0, "generator", name)
         frames.append(scores)
         picked = list(range(0, len(rows), max(len(rows) // cfg.grid_rows, 1)))[:cfg.grid_rows]

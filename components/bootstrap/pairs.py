@@ -106,7 +106,7 @@ def bootstrap(params: Params, data: Path, bench: Path, generator: Path, judges_d
     scene_lists = [[position[j] for j in g.sort_values("k").index] for _, g in subj.loc[todo].groupby("row")]
     drawn = redraw_scenes(
         model, judges, scene_lists, [targets[subj.row[j]] for j in todo], [subj.target_box[j] for j in todo], inputs,
-        prompts, [subj.category[j] for j in todo], cfg, params.judges.crop_size)
+        prompts, [subj.category[j] for j in todo], cfg, params.judges.crop_size, fan=(params.resources, generator))
     t_regen = time.perf_counter()
 
     subj["ref_box"], subj["similarity"], subj["draws"] = None, np.nan, 0

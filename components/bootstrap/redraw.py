@@ -3,11 +3,15 @@ model (re-centred, or in place), its prompt and new background, batched sampling
 encoder cosine against the subject, and rejection sampling scene by scene."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..config import ResourcesParams
+from ..fanout import fan_out
 from ..judging.base import Box, JudgeSet, crop_subject
 from ..models.generator import SubjectGenerator
 from ..world import backgrounds
@@ -55,14 +59,36 @@ def new_backgrounds(rng: np.random.Generator, avoid: list[str]) -> list[str]:
 
 
 def regenerate(model: SubjectGenerator, inputs: list[np.ndarray], prompts: list[str], batch_size: int,
-               steps: int, guidance: float, seed: int, precision: str = "fp32") -> list[np.ndarray]:
-    """The single-subject model's image for each (isolated subject, prompt), in batches."""
-    out: list[np.ndarray] = []
-    for b, start in enumerate(range(0, len(inputs), batch_size)):
-        chunk = slice(start, start + batch_size)
-        out += list(model.sample(prompts[chunk], [[x] for x in inputs[chunk]], steps=steps, guidance=guidance,
-                                 seed=seed + b, precision=precision)["images"])
-    return out
+               steps: int, guidance: float, seed: int, precision: str = "fp32",
+               fan: tuple[ResourcesParams, Path] | None = None) -> list[np.ndarray]:
+    """The single-subject model's image for each (isolated subject, prompt), in batches, batch b
+    seeded ``seed + b``. ``fan``: (resources, the model's folder): with ``resources.engine: dask``
+    the batches go to the cluster (``fanout.py``), each worker loading the model from the folder
+    once; every batch keeps its inputs and seed, so the images are the same."""
+    jobs = [(prompts[start:start + batch_size], inputs[start:start + batch_size], steps, guidance, seed + b, precision)
+            for b, start in enumerate(range(0, len(inputs), batch_size))]
+    if fan is not None and fan[0].engine == "dask":
+        resources, folder = fan
+        batches = fan_out(_regenerate_batch, [(str(Path(folder).resolve()), *job) for job in jobs], resources)
+    else:
+        batches = (_sample_batch(model, *job) for job in jobs)
+    return [image for batch in batches for image in batch]
+
+
+def _sample_batch(model: SubjectGenerator, prompts, inputs, steps, guidance, seed, precision) -> list[np.ndarray]:
+    return list(model.sample(prompts, [[x] for x in inputs], steps=steps, guidance=guidance, seed=seed,
+                             precision=precision)["images"])
+
+
+@functools.lru_cache(maxsize=2)
+def _loaded(folder: str) -> SubjectGenerator:
+    return SubjectGenerator.from_pretrained(folder).eval()
+
+
+def _regenerate_batch(job) -> list[np.ndarray]:
+    """One batch on a fan-out worker (``regenerate``)."""
+    folder, *rest = job
+    return _sample_batch(_loaded(folder), *rest)
 
 
 def consistency(judges: JudgeSet, targets: list[np.ndarray], target_boxes: list[Box], regens: list[np.ndarray],
@@ -99,14 +125,14 @@ class Redraws:
 
 def redraw_scenes(model: SubjectGenerator, judges: JudgeSet, scenes: list[list[int]], targets: list[np.ndarray],
                   target_boxes: list[Box], inputs: list[np.ndarray], prompts: list[str], categories: list[str], cfg,
-                  crop_size: int) -> Redraws:
+                  crop_size: int, fan: tuple[ResourcesParams, Path] | None = None) -> Redraws:
     """Rejection sampling of references, scene by scene. ``scenes`` lists each scene's subjects
     (indices into the other lists) in order. Every round redraws the current subject of every
     live scene in one batched sampler pass (seed ``cfg.seed + round * SEED_STRIDE``) and judges
     it: a subject passes when its cosine reaches ``cfg.threshold`` and the scene moves on to its
     next subject; a subject that fails ``cfg.candidates`` draws ends its scene, whose later
     subjects are never drawn (a pair needs every subject, so they could not save it). The best
-    draw of each subject is kept for the reports."""
+    draw of each subject is kept for the reports. ``fan``: see ``regenerate``."""
     n = len(inputs)
     out = Redraws([None] * n, [None] * n, np.full(n, np.nan, np.float32), np.zeros(n, int))
     cursor = {s: 0 for s, members in enumerate(scenes) if members}  # live scene -> position of its current subject
@@ -114,7 +140,7 @@ def redraw_scenes(model: SubjectGenerator, judges: JudgeSet, scenes: list[list[i
     while cursor:
         current = [scenes[s][pos] for s, pos in cursor.items()]
         regens = regenerate(model, [inputs[j] for j in current], [prompts[j] for j in current], cfg.batch_size,
-                            cfg.sample_steps, cfg.guidance, cfg.seed + rnd * SEED_STRIDE, cfg.sample_precision)
+                            cfg.sample_steps, cfg.guidance, cfg.seed + rnd * SEED_STRIDE, cfg.sample_precision, fan)
         boxes, sims = consistency(judges, [targets[j] for j in current], [target_boxes[j] for j in current], regens,
                                   [categories[j] for j in current], crop_size)
         for j, image, box, sim in zip(current, regens, boxes, sims):

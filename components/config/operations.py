@@ -144,9 +144,21 @@ class PipelineParams(Section):
     artifact_location: str | None = Field(
         None, description="Artifact root of a new experiment (an absolute folder or a URI: s3://..., file:///...); "
                           "default: <project>/mlartifacts.")
+    http_retries: Annotated[int, Field(ge=0)] = Field(
+        3, description="Retries of a failed request to an MLflow tracking server (MLFLOW_HTTP_REQUEST_MAX_RETRIES, "
+                       "which wins when set): an artifact store that is down fails the stage in seconds, not minutes.")
+    http_backoff_factor: Annotated[int, Field(ge=0)] = Field(
+        1, description="Backoff between those retries: factor * 2^n seconds (MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR).")
     retries: Annotated[int, Field(ge=0)] = Field(1, description="Prefect retries per stage task.")
     retry_delay_seconds: Annotated[float, Field(ge=0)] = Field(2.0, description="Delay between retries.")
     push: bool = Field(True, description="`dvc push` the outputs to the default remote when the flow ends.")
+    dvc_remote: str | None = Field(
+        None, description="The DVC remote the flow pushes to and `subjectflow pull` pulls from (s3://bucket/prefix, or "
+                          "any URL DVC takes); written to .dvc/config as the default remote `storage` when the flow "
+                          "starts. null: the remote .dvc/config names (a folder beside the project).")
+    s3_endpoint_url: str | None = Field(
+        None, description="An S3-compatible endpoint for dvc_remote (MinIO, Ceph, moto: http://host:9000); null = AWS. "
+                          "Credentials come from the environment (AWS_ACCESS_KEY_ID, ...), never from this file.")
     system_metrics_seconds: Annotated[float, Field(ge=0)] = Field(
         10.0, description="Sample CPU, memory (and GPU with nvidia-ml-py) into each running stage's MLflow run every "
                           "this many seconds (system/* metrics); 0 = off.")

@@ -30,7 +30,7 @@ for _k, _v in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("MLFLOW_DISABLE_T
     os.environ.setdefault(_k, _v)
 
 
-from .operations import cmd_deploy, cmd_promote, cmd_worker  # noqa: E402
+from .operations import cmd_deploy, cmd_promote, cmd_pull, cmd_worker  # noqa: E402
 from .processes import _stop_groups  # noqa: E402
 from .usage import UsageError, _project  # noqa: E402
 
@@ -315,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collision", choices=("enqueue", "cancel"), default=None,
                    help="a run due while one runs waits (enqueue, prefect.yaml's) or is cancelled")
     p.add_argument("--pool", default=None, help="work pool (default: prefect.yaml's, created if missing)")
+    add("pull", cmd_pull, "fetch every stage's outputs from the DVC remote (pipeline.dvc_remote) and check them")
     p = add("worker", cmd_worker, "run a Prefect worker that executes the retrain deployment's runs")
     p.add_argument("--pool", default=None, help="work pool (default: prefect.yaml's)")
     p.add_argument("--limit", type=_positive_int, default=None, help="at most N flow runs at once on this worker")

@@ -181,6 +181,35 @@ def locked_deps(root: str | Path, name: str) -> dict[str, str]:
     return _locked(root, name, "deps")
 
 
+REMOTE = "storage"  # the name of the remote pipeline.dvc_remote configures
+
+
+def configure_remote(root: str | Path, url: str | None, endpoint_url: str | None = None) -> bool:
+    """Make ``url`` (with ``endpoint_url`` for an S3-compatible store) the project's default DVC
+    remote, named ``storage``, in .dvc/config (a file to commit: a clone then pulls from it);
+    nothing when ``url`` is None or it already is. True if the config changed."""
+    if url is None:
+        return False
+    wanted = {"url": url, **({"endpointurl": endpoint_url} if endpoint_url else {})}
+    with _repo(root) as repo:
+        current = repo.config.get("remote", {}).get(REMOTE, {})
+        if repo.config.get("core", {}).get("remote") == REMOTE and \
+                {k: current.get(k) for k in ("url", "endpointurl")} == {"url": url, "endpointurl": endpoint_url}:
+            return False
+        with repo.config.edit("repo") as conf:
+            conf["remote"][REMOTE] = wanted
+            conf["core"]["remote"] = REMOTE
+    return True
+
+
+def pull(root: str | Path) -> int:
+    """Fetch every stage's outputs from the default remote into the cache and the work tree;
+    returns the number of files fetched."""
+    with _repo(root) as repo:
+        done = repo.pull()
+    return int(done.get("stats", {}).get("fetched", 0))
+
+
 def push(root: str | Path) -> int:
     """Push cached outputs to the default remote; returns the number of files transferred
     (0 when no default remote is configured)."""

@@ -1,5 +1,6 @@
-"""The operations commands: `subjectflow promote`, `deploy` and `worker` (the promotion gate, the
-scheduled retrain deployment of prefect.yaml, a Prefect worker that runs it)."""
+"""The operations commands: `subjectflow promote`, `deploy`, `worker` and `pull` (the promotion
+gate, the scheduled retrain deployment of prefect.yaml, a Prefect worker that runs it, the stage
+outputs from the DVC remote)."""
 from __future__ import annotations
 
 import contextlib
@@ -130,3 +131,21 @@ def cmd_worker(args) -> int:
     except KeyboardInterrupt:
         _stop_groups([proc])
         return 0
+
+
+def cmd_pull(args) -> int:
+    """Every stage's outputs from the project's DVC remote (pipeline.dvc_remote, else the one
+    .dvc/config names), then which stages are stale: in a new clone of a project that ran, none."""
+    from components.config import load_params
+    from components.pipeline import lineage
+
+    root = _project(args)
+    cfg = load_params(root / "params.yaml").pipeline
+    lineage.configure_remote(root, cfg.dvc_remote, cfg.s3_endpoint_url)
+    try:
+        fetched = lineage.pull(root)
+    except Exception as e:  # DVC's errors name the remote and the missing files
+        raise UsageError(f"dvc pull failed: {type(e).__name__}: {e}") from None
+    stale = lineage.status(root)
+    print(f"{fetched} file(s) fetched; " + (f"stale: {', '.join(sorted(stale))}" if stale else "every stage is up to date"))
+    return 1 if stale else 0

@@ -52,11 +52,12 @@ def set_training(params: dict, stage: str, **settings) -> dict:
     settings in ``generator``, a stage's own (steps, lr, ema_decay, checkpoint_every,
     sample_every, ref_count_probs, compile: off unless given) in its section, the rest in the shared
     ``training``."""
-    from ..config import SftParams
+    from ..config import Params
 
+    own = type(getattr(Params(), stage)).model_fields  # the stage's section's own keys (PretrainParams, SftParams)
     settings.setdefault("compile", False)  # tiny runs: a compilation would cost more than the run
     for key, value in settings.items():
-        section = "generator" if key in ("sample_steps", "guidance", "sample_precision") else stage if key in SftParams.model_fields \
+        section = "generator" if key in ("sample_steps", "guidance", "sample_precision") else stage if key in own \
             else "training"
         params[section][key] = value
     return params

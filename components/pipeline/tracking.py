@@ -19,6 +19,7 @@ import subprocess
 import time
 import warnings
 from pathlib import Path
+from urllib.parse import urlparse
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # MLflow prints every run's URL built from the tracking URI, credentials included: run_url prints it redacted.
@@ -43,7 +44,11 @@ def tracking_uri(root: Path, params: Params) -> str:
 def setup(root: Path, params: Params) -> str:
     """Point MLflow at the configured store and experiment; returns the experiment id. Runs of
     the experiment a killed process left RUNNING are marked failed (``fail_abandoned_runs``)."""
-    mlflow.set_tracking_uri(tracking_uri(root, params))
+    uri = tracking_uri(root, params)
+    # bounded retries against a tracking server (the environment's settings win; stage processes inherit them)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(params.pipeline.http_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", str(params.pipeline.http_backoff_factor))
+    mlflow.set_tracking_uri(uri)
     name = params.pipeline.experiment
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
@@ -51,7 +56,9 @@ def setup(root: Path, params: Params) -> str:
         for run_id in fail_abandoned_runs(exp.experiment_id):
             print(f"MLflow run {run_id} was left running by a process that is gone: marked failed", flush=True)
         return exp.experiment_id
-    location = params.pipeline.artifact_location or (root.resolve() / "mlartifacts").as_uri()
+    # a tracking server stores artifacts where it was told (mlflow server --artifacts-destination)
+    server = urlparse(uri).scheme in ("http", "https") or uri.startswith("databricks")
+    location = params.pipeline.artifact_location or (None if server else (root.resolve() / "mlartifacts").as_uri())
     exp_id = mlflow.create_experiment(name, artifact_location=location)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id

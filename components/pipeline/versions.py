@@ -2,6 +2,7 @@
 reads it): benchmark scores, per-row scores, the benchmark that scored it, lineage."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from ..config import Params
@@ -91,6 +92,25 @@ def retag(client, model_name: str, version: str, old: dict, bench: dict[str, str
             client.delete_model_version_tag(model_name, version, k)
 
 
+@contextlib.contextmanager
+def uploading(what: str):
+    """Turn a failed upload to the artifact store into an error that says what and where, after
+    MLflow's bounded retries (pipeline.http_retries)."""
+    from mlflow.exceptions import MlflowException
+
+    from .tracking import redact_uri
+
+    try:
+        yield
+    except (MlflowException, OSError) as e:
+        import mlflow
+
+        raise RuntimeError(f"{what} could not be uploaded to the MLflow artifact store (tracking server "
+                           f"{redact_uri(mlflow.get_tracking_uri())}): {redact_uri(str(e).splitlines()[0])[:400]}. "
+                           "No model version was registered from it; check the artifact store (the tracking "
+                           "server's --artifacts-destination) and run the stage again.") from e
+
+
 def register_one(client, cfg, root: Path, folder: Path, scores: dict, rows, identity: dict, run) -> dict:
     """Log (or reuse) the version holding ``folder`` and tag it; returns its record."""
     import mlflow
@@ -102,11 +122,13 @@ def register_one(client, cfg, root: Path, folder: Path, scores: dict, rows, iden
     if rows.empty:
         raise KeyError(f"{name!r} has no per-row benchmark scores: list it in evaluate.generators")
     rows_path = f"benchmark/{name}.csv"
-    mlflow.log_text(rows.to_csv(index=False), rows_path)
+    with uploading(f"{name}'s per-row scores"):
+        mlflow.log_text(rows.to_csv(index=False), rows_path)
     model_hash = folder_hash(folder)
     existing = registered_version(client, cfg.model_name, model_hash)
     if existing is None:
-        info = log_generator(folder, name=name, registered_model_name=cfg.model_name)
+        with uploading(f"the {name} model"):  # MLflow registers a version only once its files are up
+            info = log_generator(folder, name=name, registered_model_name=cfg.model_name)
         version, model_uri = str(info.registered_model_version), info.model_uri
         lineage = {**lineage_tags(root, folder.relative_to(root).as_posix() if folder.is_relative_to(root) else name),
                    "generator": name, MODEL_HASH_TAG: model_hash, "run_id": run.info.run_id}
