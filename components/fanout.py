@@ -16,6 +16,7 @@ inputs, so the output does not depend on the engine or the number of workers
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -26,6 +27,17 @@ from .config import ResourcesParams
 
 def resolve_workers(n: int) -> int:
     return n if n > 0 else (os.cpu_count() or 1)
+
+
+def engine_workers(resources: ResourcesParams) -> int:
+    """How many workers the fan-out runs on: the remote cluster's current count with a
+    ``dask_address``, else ``resources.workers`` resolved."""
+    if resources.engine == "dask" and resources.dask_address:
+        from distributed import Client
+
+        with Client(resources.dask_address) as client:
+            return len(client.scheduler_info()["workers"])
+    return resolve_workers(resources.workers)
 
 
 def fan_out(fn: Callable, jobs: Iterable, resources: ResourcesParams, local: str = "processes") -> Iterator:
@@ -44,21 +56,23 @@ def fan_out(fn: Callable, jobs: Iterable, resources: ResourcesParams, local: str
 
 
 @functools.cache
-def local_cluster(workers: int):
-    """This process's LocalCluster of ``workers`` single-threaded processes on 127.0.0.1, started
-    once (a stage may fan out many times) and closed when the process exits."""
-    from distributed import LocalCluster
+def local_client(workers: int):
+    """A client of this process's LocalCluster of ``workers`` single-threaded processes on
+    127.0.0.1, started once (a stage may fan out many times) and closed when the process exits."""
+    from distributed import Client, LocalCluster
 
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                            dashboard_address=None)
+    client = Client(cluster)
     atexit.register(cluster.close)
-    return cluster
+    atexit.register(client.close)  # atexit runs last-registered first: the client, then the cluster
+    return client
 
 
 def _dask(fn: Callable, jobs: list, workers: int, address: str | None) -> Iterator:
     from distributed import Client
 
-    with Client(address or local_cluster(workers).scheduler_address) as client:
+    with contextlib.nullcontext(local_client(workers)) if address is None else Client(address) as client:
         futures = client.map(fn, jobs, pure=False)
         for future in futures:
             yield future.result()

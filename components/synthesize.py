@@ -18,7 +18,7 @@ from .config import Params
 from .data.grids import dataset_grid
 from .data.manifest import SPLITS
 from .data.synthesis import synthesize_split
-from .fanout import resolve_workers
+from .fanout import engine_workers
 from .pipeline.stage import path_field, stage_main
 
 
@@ -32,7 +32,7 @@ def run(params: Params, paths: SynthesizePaths) -> dict:
     """Render every dataset of the world into ``paths.out/<split>`` and a sample grid of each
     into ``paths.reports``; returns counts (and throughput, under "timings")."""
     cfg = params.synthesize
-    workers = resolve_workers(params.resources.workers)
+    workers = engine_workers(params.resources)
     paths.reports.mkdir(parents=True, exist_ok=True)
     metrics: dict = {"workers": workers, "engine": params.resources.engine}
     total, t0 = 0, time.perf_counter()
