@@ -147,6 +147,8 @@ def test_a_scheduled_retrain_fires_and_a_second_run_waits_for_it(prefect_server,
                                          for r in rs if r.id in (scheduled.id, second.id)), 900,
                      "the runs did not finish")
         by_id = {r.id: r for r in runs}
+        for r in runs:  # the record a reviewer reads with -s: which run the schedule made, when each ran
+            print(f"{r.name}: {r.state_name}, auto_scheduled={r.auto_scheduled}, start {r.start_time}, end {r.end_time}")
         assert by_id[scheduled.id].state_name == "Completed", (tmp_path / "worker.log").read_text()[-3000:]
         assert by_id[second.id].state_name == "Completed"
         assert by_id[second.id].start_time >= by_id[scheduled.id].end_time  # never overlapped
