@@ -114,7 +114,7 @@ def staged(judge_world, tmp_path, monkeypatch):
     assert len(set(inputs)) == len(inputs)  # every subject's input is its own
     calls = {"seeds": [], "prompts": [], "inputs": [], "perfect": perfect, "modes": modes}
 
-    def fake_regenerate(model, inputs, prompts, batch_size, steps, guidance, seed, precision="fp32"):
+    def fake_regenerate(model, inputs, prompts, batch_size, steps, guidance, seed, precision="fp32", fan=None):
         calls["prompts"] += prompts
         calls["inputs"] += [x.tobytes() for x in inputs]
         calls["seeds"].append(seed)
@@ -197,7 +197,7 @@ def test_a_failing_subject_is_redrawn_until_one_passes(staged, monkeypatch):
     manifest, paths, calls = staged
     flawed = redraw.regenerate
 
-    def first_flawed(model, inputs, prompts, batch_size, steps, guidance, seed, precision="fp32"):
+    def first_flawed(model, inputs, prompts, batch_size, steps, guidance, seed, precision="fp32", fan=None):
         first = flawed(model, inputs, prompts, batch_size, steps, guidance, seed, precision)
         return first if seed < redraw.SEED_STRIDE else [calls["perfect"][x.tobytes()] for x in inputs]
 

@@ -182,7 +182,7 @@ def test_a_stage_shorter_than_the_sampling_interval_still_gets_system_metrics(tm
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     try:
-        with mlflow.start_run() as run:
+        with mlflow.start_run(experiment_id=mlflow.create_experiment("system-metrics")) as run:
             with system_metrics(run.info.run_id, 60):
                 time.sleep(0.5)
         metrics = mlflow.get_run(run.info.run_id).data.metrics
