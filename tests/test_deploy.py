@@ -159,7 +159,9 @@ def test_a_scheduled_retrain_fires_and_a_second_run_waits_for_it(prefect_server,
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     pipelines = mlflow.search_runs(search_all_experiments=True, filter_string="tags.kind = 'pipeline'",
                                    order_by=["attributes.start_time ASC"], output_format="list")
-    first, again = pipelines[0], pipelines[-1]
+    # the scheduled run and the one run_deployment started (the schedule may have started more meanwhile)
+    by_flow_run = {r.data.tags.get("prefect.flow_run_id"): r for r in pipelines}
+    first, again = by_flow_run[str(scheduled.id)], by_flow_run[str(second.id)]
     assert first.data.tags["promotion.verdict"] == "promoted"  # the first champion (floors 0 in tiny params)
     assert again.data.metrics["flow.stages_ran"] == 0 and again.data.tags["promotion.verdict"] == "unchanged"
     mlflow.set_tracking_uri(None)

@@ -159,6 +159,8 @@ def test_a_credential_in_the_tracking_uri_is_in_no_record(tmp_path, mlflow_serve
         SubjectGenerator.tiny(width=32, heads=2, double_blocks=1, single_blocks=1, text_hidden=16, text_layers=1,
                               seed=seed).save_pretrained(folder)
         SamplingSettings(steps=2).save(folder)
+    (root / "models" / "judges" / "eval").mkdir(parents=True)  # register hashes the judge set that scored
+    (root / "models" / "judges" / "eval" / "weights.bin").write_bytes(b"judges")
     (root / "metrics").mkdir()
     overall = {"SC": 0.5, "SA": 0.5, "AES": 0.5, "missing_rate": 0.0}
     (root / "metrics" / "evaluate.json").write_text(json.dumps({"judge_set": "eval", "sft": {"Overall": overall},
