@@ -100,7 +100,8 @@ def _mlflow_records(server: str, dest: Path) -> list[str]:
                                             tracking_uri=server)
     for model in models:
         (dest / model.model_id).mkdir(parents=True)
-        mlflow.artifacts.download_artifacts(artifact_uri=model.artifact_location, dst_path=str(dest / model.model_id))
+        mlflow.artifacts.download_artifacts(artifact_uri=model.artifact_location, dst_path=str(dest / model.model_id),
+                                            tracking_uri=server)  # the server's own artifact store (mlflow-artifacts:)
     return [repr(x) for x in (*experiments, *runs, *models, *registered, *versions)]
 
 
