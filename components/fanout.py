@@ -1,5 +1,5 @@
-"""Fan-out work: one function over many independent jobs, on this machine (a process pool, or
-in this process) or on a Dask cluster (``resources.engine: dask``), results in job order.
+"""Fan-out work: one function over many independent jobs, on this machine's process pool (the
+default) or on a Dask cluster (``resources.engine: dask``), results in job order.
 
 Synthesis fans out over chunks of samples; with Dask, the benchmark also fans out over
 generators and bootstrapping over batches of regenerations (on this machine those two stay in
@@ -40,15 +40,13 @@ def engine_workers(resources: ResourcesParams) -> int:
     return resolve_workers(resources.workers)
 
 
-def fan_out(fn: Callable, jobs: Iterable, resources: ResourcesParams, local: str = "processes") -> Iterator:
-    """``fn(job)`` for every job, yielded in job order as they finish in that order. ``local``:
-    how the local engine runs them, a process pool of ``resources.workers`` (``processes``) or
-    one after another in this process (``inline``)."""
+def fan_out(fn: Callable, jobs: Iterable, resources: ResourcesParams) -> Iterator:
+    """``fn(job)`` for every job, yielded in job order as they finish in that order."""
     jobs = list(jobs)
     workers = resolve_workers(resources.workers)
     if resources.engine == "dask":
         yield from _dask(fn, jobs, workers, resources.dask_address)
-    elif local == "inline" or workers <= 1 or len(jobs) <= 1:
+    elif workers <= 1 or len(jobs) <= 1:
         yield from map(fn, jobs)
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:

@@ -170,7 +170,7 @@ def gate(params: Params, candidate, champion) -> tuple[bool, list[str], list[dic
         checks = [{"rule": f"floor.{d}", "value": scores[d], "bound": getattr(cfg.floors, d),
                    "passed": bool(scores[d] >= getattr(cfg.floors, d))} for d in DIMENSIONS]
         unscored = [d for d in DIMENSIONS if not math.isfinite(scores[d])]
-        failed = [c["rule"].split(".")[1] for c in checks if not c["passed"] and c["rule"].split(".")[1] not in unscored]
+        failed = [d for d, c in zip(DIMENSIONS, checks) if not c["passed"] and d not in unscored]
         reason = "no champion yet: the candidate's Overall scores against promote.floors" + \
             (f"; below the floor in {', '.join(failed)}" if failed else "") + \
             (f"; no Overall score in {', '.join(unscored)} (its bench.Overall tags)" if unscored else "")

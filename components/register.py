@@ -78,8 +78,10 @@ def run(params: Params, paths: RegisterPaths) -> dict:
                                          scores, rows, identity, run))
         key = f"bench.Overall.{cfg.candidate_by}"
         # the first of equals; a missing or NaN score ranks last (NaN would compare False with everything)
-        best = max(records, key=lambda r: r["scores"].get(key, float("-inf")) if math.isfinite(
-            r["scores"].get(key, float("-inf"))) else float("-inf"))
+        def rank(record) -> float:
+            score = record["scores"].get(key, float("-inf"))
+            return score if math.isfinite(score) else float("-inf")
+        best = max(records, key=rank)
         mlflow.set_tags({"registered.candidate": best["generator"], "registered.version": str(best["version"])})
     client.set_registered_model_alias(cfg.model_name, cfg.alias, str(best["version"]))
     print(f"@{cfg.alias} -> version {best['version']} ({best['generator']}, best Overall {cfg.candidate_by} "

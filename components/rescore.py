@@ -21,10 +21,11 @@ from .pipeline.versions import BENCH_IDENTITY, bench_identity, bench_tags, retag
 from .promote import PromotionError, aliased, existing_version
 
 
-def rescore(params: Params, root: Path, client, version, run) -> dict[str, str]:
+def rescore(params: Params, root: Path, client, version, run, identity: dict[str, str]) -> dict[str, str]:
     """Score a registered version's model on the project's benchmark as it is today (data/bench,
     the judge set under models/judges, params.evaluate; no cache), log its per-row scores in
-    ``run`` and replace its ``bench.*`` tags, as the register stage would have; returns them."""
+    ``run`` and replace its ``bench.*`` tags, as the register stage would have (``identity``: the
+    project's ``bench_identity``); returns them."""
     model_name, number = version.name, str(version.version)
     bench_dir, judges_dir = root / "data" / "bench", root / "models" / "judges"
     if not (bench_dir.is_dir() and (judges_dir / params.evaluate.judge_set).is_dir()):
@@ -44,7 +45,7 @@ def rescore(params: Params, root: Path, client, version, run) -> dict[str, str]:
         rows = pd.read_csv(Path(tmp) / "reports" / "scores.csv")
     rows_path = f"benchmark/{name}-version-{number}.csv"
     mlflow.log_text(rows.to_csv(index=False), rows_path, run_id=run.info.run_id)
-    tags = {**bench_tags(score_tags(scores, name), bench_identity(root, params), rows,
+    tags = {**bench_tags(score_tags(scores, name), identity, rows,
                          f"runs:/{run.info.run_id}/{rows_path}"),
             "bench.rescored": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     retag(client, model_name, number, version.tags, tags)
@@ -73,7 +74,7 @@ def rescore_champion(params: Params, root: Path, client, version: int | None = N
         mlflow.start_run(run_name=f"rescore-version-{champion.version}", tags={"kind": "rescore"})
     with opened as run:
         try:
-            tags = rescore(params, root, client, champion, run)
+            tags = rescore(params, root, client, champion, run, today)
         except FileNotFoundError as e:
             raise PromotionError(f"cannot score @{params.promote.alias} on the project's benchmark: {e}") from None
         mlflow.set_tags({"rescored.version": str(champion.version),

@@ -75,7 +75,7 @@ def group_advantages(rewards: Mapping[str, np.ndarray], weights: Mapping[str, fl
     for idx in members:
         a, spread = np.zeros(len(idx)), False
         for j, (s, w) in enumerate(zip(series, scales)):
-            if s[idx].max() > s[idx].min():  # not s.std() > 0: the mean of equal floats can round off them
+            if varies[j, idx[0]]:  # max > min, not s.std() > 0: the mean of equal floats can round off them
                 spread = True
                 std = s[idx].std() if scale == "group" else pooled[j]
                 a += w * deviations[j, idx] / (std + eps)
