@@ -137,11 +137,12 @@ def _batch(r, adv, keep=None):
                         torch.ones(b, dtype=torch.bool) if keep is None else torch.as_tensor(keep), r.final)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_the_first_on_policy_ratio_is_exactly_one(model, precision):
-    """Training recomputes the sampler's steps bit for bit: the same function, batch and autocast."""
+@pytest.mark.parametrize("precision,guidance", [("fp32", 2.5), ("bf16", 2.5), ("bf16", 1.0)])
+def test_the_first_on_policy_ratio_is_exactly_one(model, precision, guidance):
+    """Training recomputes the sampler's steps bit for bit: the same function, batch and autocast,
+    with CFG or without (rl.rollout_guidance 1)."""
     r = rollout(model, ["a cat and a dog", "a red ball"], _refs(2, 2), group_size=3, steps=6, window_start=2,
-                window_size=2, eta=0.7, guidance=2.5, precision=precision, generator=torch.Generator().manual_seed(0))
+                window_size=2, eta=0.7, guidance=guidance, precision=precision, generator=torch.Generator().manual_seed(0))
     assert r.states.shape[:2] == (6, 3) and r.log_probs.shape == (6, 2) and len(r.timesteps) == 3
     assert torch.isfinite(r.log_probs).all()
     objective = FlowGRPO(clip_range=1e-4, beta=0.1, reference=FrozenReference(model))

@@ -213,3 +213,18 @@ def test_the_lora_path_trains_an_rl_adapter_over_the_frozen_sft_adapter(flux_dir
     assert loaded.config.lora_rank == 6
     with torch.no_grad():
         torch.testing.assert_close(loaded.velocity(x, t, text, refs), moved, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("value,expected", [(None, 2.5), (1.0, 1.0)])
+def test_rollouts_use_the_sft_models_guidance_unless_rl_sets_one(world, tmp_path, value, expected):
+    from components.config import Params
+    from components.grpo.train import build_rl
+
+    root, data = world
+    params = default_params()
+    params["generator"].update(SMALL_GEN)
+    params["judges"].update(TINY_JUDGES)
+    params["rl"] = {**TINY, "rollout_guidance": value}
+    paths = rl.RLPaths(data / "multi", root / "models" / "sft", root / "models" / "judges", tmp_path / "o",
+                       tmp_path / "r", tmp_path / "c")
+    assert build_rl(Params.model_validate(params), paths).collector.s.guidance == expected

@@ -19,13 +19,14 @@ from .training import (
     RLParams,
     SftParams,
     StageTrainingParams,
+    StandardizerParams,
     TrainConfig,
     TrainingParams,
 )
 
 __all__ = ["EvaluateParams", "GeneratorParams", "JudgesParams", "MultisubjectParams", "Params", "ParamsError",
            "PipelineParams", "PretrainParams", "PromoteParams", "RegisterParams", "ResourcesParams", "RLParams", "Section", "SftParams",
-           "StageTrainingParams", "SynthesizeParams", "TrainConfig", "TrainingParams", "ValidateParams",
+           "StageTrainingParams", "StandardizerParams", "SynthesizeParams", "TrainConfig", "TrainingParams", "ValidateParams",
            "check_resolvable", "known_tasks", "load_params", "section_dict"]
 
 
@@ -36,6 +37,7 @@ class Params(Section):
     generator: GeneratorParams = GeneratorParams()
     training: TrainingParams = TrainingParams()
     pretrain: PretrainParams = PretrainParams()
+    standardizer: StandardizerParams = StandardizerParams()
     multisubject: MultisubjectParams = MultisubjectParams()
     sft: SftParams = SftParams()
     rl: RLParams = RLParams()
@@ -109,7 +111,7 @@ class Params(Section):
     def train_config(self, stage: str) -> TrainConfig:
         """The whole configuration of training stage ``stage`` (``pretrain``, ``sft``): the shared
         ``training`` section, the stage's own, and the generator's sampling settings."""
-        own = getattr(self, stage).model_dump(exclude={"ref_count_probs"})
+        own = getattr(self, stage).model_dump(include=set(StageTrainingParams.model_fields))
         return TrainConfig(**self.training.model_dump(), **own, sample_steps=self.generator.sample_steps,
                            guidance=self.generator.guidance, sample_precision=self.generator.sample_precision)
 

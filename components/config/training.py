@@ -186,8 +186,36 @@ class MultisubjectParams(Section):
         return self
 
 
+class StandardizerParams(StageTrainingParams):
+    """SerialGen's stage I: a reference analyser (segmenter and pose estimator), then the
+    standardizer, an in-context generator trained from scratch on data/standardize."""
+
+    steps: Annotated[int, Field(ge=1)] = Field(1500, description="Optimizer steps of the standardizer.")
+    lr: Annotated[float, Field(gt=0)] = Field(2e-3, description="Peak learning rate (AdamW).")
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        0.999, description="EMA of the weights, saved as the model (None = off; warm-up: training.EMA).")
+    checkpoint_every: Annotated[int, Field(ge=0)] = Field(
+        500, description="Resumable checkpoint every N steps in .checkpoints/ (0 = end only).")
+    sample_every: Annotated[int, Field(ge=0)] = Field(500, description="Steps between sample grids (0 = end only).")
+    fbdm: bool = Field(True, description="FBDM's analogue: learned foreground / background embeddings added to the "
+                                         "reference's tokens by the analyser's mask share of each token.")
+    rpim: bool = Field(True, description="RPIM's analogue: the analyser's pose estimate, through a small MLP, added "
+                                         "to the reference's tokens.")
+    seed: int = Field(0, description="Seed of the analyser and of the held-out evaluation pairs.")
+    analyser_steps: Annotated[int, Field(ge=1)] = Field(1500, description="Steps of the reference analyser.")
+    analyser_lr: Annotated[float, Field(gt=0)] = Field(3e-3, description="Peak learning rate of the analyser.")
+    analyser_batch_size: Annotated[int, Field(ge=1)] = Field(64, description="Batch of the analyser.")
+    eval_rows: Annotated[int, Field(ge=1)] = Field(
+        240, description="Held-out standardization pairs (benchmark identities, rendered by the stage) it is scored on.")
+    grid_rows: Annotated[int, Field(ge=1, le=64)] = Field(12, description="Rows of the held-out grid.")
+
+
 class SftParams(StageTrainingParams):
     """Multi-subject SFT: the shared loop on the bootstrapped data, from the pretrained weights."""
+
+    standardize_refs: bool = Field(
+        False, description="SerialGen's stage II: every reference is first standardized by models/standardizer "
+                           "(frozen); the model carries it, and whatever samples the model standardizes the same way.")
 
     ref_count_probs: dict[Annotated[int, Field(ge=1)], Annotated[float, Field(ge=0)]] = Field(
         {1: 0.2, 2: 0.2, 3: 0.25, 4: 0.35}, description="Probability of a batch with 2, 3 or 4 references; "
@@ -241,6 +269,9 @@ class RLParams(Section):
     inner_epochs: Annotated[int, Field(ge=1)] = Field(1, description="Passes over each iteration's rollouts.")
     rollout_steps: Annotated[int, Field(ge=2)] = Field(
         10, description="Sampler steps of a rollout (the benchmark samples with generator.sample_steps).")
+    rollout_guidance: Annotated[float, Field(ge=1)] | None = Field(
+        None, description="CFG scale of rollouts and of the trained steps (None = the SFT model's generator.guidance; "
+                          "1 = no CFG: one transformer call per step instead of two).")
     window_size: Annotated[int, Field(ge=1)] = Field(2, description="SDE steps per rollout: the steps trained.")
     window_range: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=1)]] = Field(
         (0, 5), description="The window starts at a step drawn in [lo, hi) per iteration; ODE before and after it.")

@@ -112,7 +112,8 @@ def build_rl(params: Params, paths, logger: StepLogger | None = None) -> RLSetup
     remember_references(eval_judges, probe_rows.meta, params.judges.crop_size)
 
     settings = RolloutSettings(cfg.group_size, cfg.groups_per_batch, cfg.batches, cfg.rollout_steps, cfg.window_size,
-                               tuple(cfg.window_range), cfg.eta, sampling.guidance,
+                               tuple(cfg.window_range), cfg.eta,
+                               sampling.guidance if cfg.rollout_guidance is None else cfg.rollout_guidance,
                                "bf16" if train.mixed_precision == "bf16" else "fp32", cfg.advantage,
                                cfg.advantage_scale)
 

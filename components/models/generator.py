@@ -28,7 +28,9 @@ from diffusers import AutoencoderKL, FluxTransformer2DModel
 from torch import nn
 from transformers import AutoTokenizer, CLIPTextModel
 
+from . import conditioning
 from .attention import Fp32CpuAttention
+from .conditioning import condition
 from .sampling import PRECISIONS
 from .text import build_tokenizer, tiny_text_encoder, tokenize
 
@@ -103,6 +105,12 @@ class SubjectGenerator(nn.Module):
         if (vae is None) != (config.latent_channels == 0):
             raise ValueError("an autoencoder is needed exactly when config.latent_channels > 0")
         self.vae = vae
+        # SerialGen's standardizer (models/conditioning.py): an analyser and a conditioner of the
+        # references; None in a plain generator.
+        self.ref_analyser, self.ref_conditioner = None, None
+        # A generator trained on standardized references (sft.standardize_refs) carries the frozen
+        # standardizer that maps them (models/standardizer.py): not a submodule, never trained.
+        self.standardizer = None
         transformer.set_attn_processor(Fp32CpuAttention())  # bf16 autocast on CPU: see models/attention.py
         if vae is not None:
             vae.requires_grad_(False).eval()  # frozen, as FLUX's VAE
@@ -147,14 +155,14 @@ class SubjectGenerator(nn.Module):
 
             save_lora(self, d)
             (d / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))
-            return d
+            return _save_extras(self, d)
         self.transformer.save_pretrained(d / "transformer")
         self.text_encoder.save_pretrained(d / "text_encoder")
         self.tokenizer.save_pretrained(d / "tokenizer")
         if self.vae is not None:
             self.vae.save_pretrained(d / "vae")
         (d / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))
-        return d
+        return _save_extras(self, d)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "SubjectGenerator":
@@ -163,11 +171,11 @@ class SubjectGenerator(nn.Module):
         if config.base:
             from .flux import load_lora
 
-            return load_lora(d, config)
+            return _load_extras(load_lora(d, config), d)
         vae = AutoencoderKL.from_pretrained(d / "vae") if config.latent_channels else None
-        return cls(FluxTransformer2DModel.from_pretrained(d / "transformer"),
-                   CLIPTextModel.from_pretrained(d / "text_encoder"), AutoTokenizer.from_pretrained(d / "tokenizer"),
-                   config, vae)
+        return _load_extras(cls(FluxTransformer2DModel.from_pretrained(d / "transformer"),
+                                CLIPTextModel.from_pretrained(d / "text_encoder"),
+                                AutoTokenizer.from_pretrained(d / "tokenizer"), config, vae), d)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -251,14 +259,16 @@ class SubjectGenerator(nn.Module):
             b, k = refs.shape[:2]
             if k == 0:
                 return refs.new_zeros(b, 0, self.config.grid ** 2, self.config.channels)
-            return self.pack(refs.flatten(0, 1).to(self.device)).reshape(b, k, -1, self.config.channels)
+            refs = refs.to(self.device)
+            return condition(self, self.pack(refs.flatten(0, 1)).reshape(b, k, -1, self.config.channels), refs)
         k = len(refs[0])
         if any(len(r) != k for r in refs):
             raise ValueError("every sample of a batch needs the same number of references")
         if k == 0:
             return torch.zeros(len(refs), 0, self.config.grid ** 2, self.config.channels, device=self.device)
         flat = self.encode_images([im for r in refs for im in r])
-        return self.pack(flat).reshape(len(refs), k, -1, self.config.channels)
+        return condition(self, self.pack(flat).reshape(len(refs), k, -1, self.config.channels),
+                         flat.reshape(len(refs), k, *flat.shape[1:]))
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, text: tuple[torch.Tensor, torch.Tensor],
                 refs: torch.Tensor) -> torch.Tensor:
@@ -279,19 +289,20 @@ class SubjectGenerator(nn.Module):
 
     @torch.no_grad()
     def sample(self, prompts: Sequence[str], refs, steps: int = 20, guidance: float = 1.0, seed: int = 0,
-               sde: bool = False, eta: float = 0.7, precision: str = "fp32") -> dict:
+               sde: bool = False, eta: float = 0.7, precision: str = "fp32", noise: torch.Tensor | None = None) -> dict:
         """Images for ``prompts`` and references. ODE (Euler, t = 1 -> 0) by default; with
         ``sde`` Flow-GRPO's SDE, also returning every step's latents and log-probabilities
         (``log_probs`` (B, steps), ``latents`` (B, steps + 1, N, C)) for the RL stage.
         ``precision`` "bf16" runs the transformer under bf16 autocast; the state being integrated,
-        the CFG combination and the log-probabilities stay fp32."""
+        the CFG combination and the log-probabilities stay fp32. ``noise`` (B, N, C): the starting
+        noise, instead of one drawn from ``seed``."""
         g = torch.Generator().manual_seed(seed)
         b, n, c = len(prompts), self.config.grid ** 2, self.config.channels
         ref = self.ref_tokens(refs)
         blank = torch.full_like(ref, -1.0)
         cond, uncond = self.encode_text(prompts), self.encode_text([""] * b)
         ts = torch.linspace(1.0, 0.0, steps + 1)
-        x = torch.randn(b, n, c, generator=g).to(self.device)
+        x = (torch.randn(b, n, c, generator=g) if noise is None else noise.float()).to(self.device)
         latents, log_probs = [x], []
         for i in range(steps):
             t, t_next = ts[i], ts[i + 1]
@@ -335,3 +346,19 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: float) -> torch.
     (Flow-GRPO's convention)."""
     lp = -((x - mean) ** 2) / (2 * std ** 2) - math.log(std) - 0.5 * math.log(2 * math.pi)
     return lp.mean(dim=tuple(range(1, x.ndim)))
+
+
+def _save_extras(model: SubjectGenerator, d: Path) -> Path:
+    """What a generator folder holds besides the networks: reference conditioning, standardizer."""
+    conditioning.save(model, d)
+    if model.standardizer is not None:
+        model.standardizer.save(d)
+    return d
+
+
+def _load_extras(model: SubjectGenerator, d: Path) -> SubjectGenerator:
+    from .standardizer import Standardizer
+
+    conditioning.load(model, d)
+    model.standardizer = Standardizer.load_from(d)
+    return model

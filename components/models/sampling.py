@@ -51,7 +51,18 @@ class SamplingSettings:
                        precision=self.precision if precision is None else precision)
 
     def sample(self, model, prompts, refs, seed: int) -> list:
-        """``model``'s images for ``prompts`` and plain references (packed by the layout here)."""
-        packed = [arrange(r, self.reference_layout) for r in refs]
+        """``model``'s images for ``prompts`` and plain references (prepared here: standardized by
+        the model's standardizer if it carries one, then packed by the layout)."""
+        packed = prepare_references(refs, self.reference_layout, model.standardizer)
         return list(model.sample(list(prompts), packed, steps=self.steps, guidance=self.guidance, seed=seed,
                                  precision=self.precision)["images"])
+
+
+def prepare_references(refs, layout: str, standardizer=None) -> list[list]:
+    """Rows of references as a generator reads them: each standardized by ``standardizer``
+    (SerialGen's stage II, ``models/standardizer.py``; None: as given), then arranged in
+    ``layout``. The benchmark, the pyfunc model, ``generate`` and SFT's training data all go
+    through here."""
+    if standardizer is not None:
+        refs = standardizer.references(refs)
+    return [arrange(r, layout) for r in refs]

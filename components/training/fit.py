@@ -243,24 +243,38 @@ def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainCo
 
 def run_fit(stage: str, params: Params, dataset_dir: Path, out: Path, reports: Path, checkpoints: Path,
             init: Path | None = None, ref_count_probs: dict[int, float] | None = None,
-            replay: Path | None = None, reference_layout: str = "as_given") -> dict:
+            replay: Path | None = None, reference_layout: str = "as_given", standardizer: Path | None = None,
+            model: SubjectGenerator | None = None, data: Pairs | None = None, extra: dict | None = None) -> dict:
     """Load data, build (or load ``init``) the generator, train it with ``params.train_config(stage)``
     into ``out`` atomically, with the sampling settings it is to be used with (``sampling.json``).
     ``replay``: a second dataset whose rows join the first's (SFT's single-subject replay); the
     sample grids still show the first's. Checkpoints go to ``checkpoints/<stage>-<fingerprint>``,
-    keyed by everything that decides the result: config, architecture, data and initial weights."""
+    keyed by everything that decides the result: config, architecture, data and initial weights.
+    ``standardizer``: a standardizer folder (SerialGen's stage II): every reference is standardized
+    by it before training (``prepare_references``, as sampling does) and the model carries it.
+    ``model`` and ``data``: a model and rows built by the caller (the standardizer's), ``extra``
+    what else decides them (into the checkpoints' fingerprint)."""
     from ..io import atomic_dir, folder_hash
+    from ..models.sampling import prepare_references
+    from ..models.standardizer import Standardizer
 
     cfg = params.train_config(stage)
-    data = load_pairs(dataset_dir)
+    if data is None:
+        data = load_pairs(dataset_dir)
     grid_pool = len(data)
     if replay is not None:
         data = concat_pairs(data, load_pairs(replay))
-    model = SubjectGenerator.from_pretrained(init) if init else \
-        build_generator(params.generator, params.synthesize.resolution, cfg.seed)
+    if model is None:
+        model = SubjectGenerator.from_pretrained(init) if init else \
+            build_generator(params.generator, params.synthesize.resolution, cfg.seed)
+    if standardizer is not None:
+        model.standardizer = Standardizer.load(standardizer)
+        print(f"{stage}: standardizing {sum(len(r) for r in data.refs)} references with {standardizer}", flush=True)
+        data.refs = prepare_references(data.refs, reference_layout, model.standardizer)
     # compile is left out: a speed setting (a compiled run's checkpoint resumes an eager run and back)
     fp = fingerprint(stage, cfg.model_dump(exclude={"compile"}), params.generator.model_dump(), data_digest(dataset_dir),
-                     data_digest(replay) if replay is not None else None, folder_hash(init) if init else None)
+                     data_digest(replay) if replay is not None else None, folder_hash(init) if init else None,
+                     folder_hash(standardizer) if standardizer else None, extra)
     checkpoints = checkpoint_folder(checkpoints, stage, fp)
     reports.mkdir(parents=True, exist_ok=True)
     sampling = SamplingSettings(cfg.sample_steps, cfg.guidance, reference_layout, cfg.sample_precision)
