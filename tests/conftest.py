@@ -56,6 +56,8 @@ def tiny_params(**synth) -> dict:
     params["multisubject"].update(threshold=-1.0, sample_steps=2, grid_rows=2, recompose={"Three": 2, "Four": 2},
                                   max_scenes=None, candidates=1)
     set_training(params, "sft", **TINY_TRAIN)
+    set_training(params, "standardizer", **TINY_TRAIN)
+    params["standardizer"].update(analyser_steps=4, eval_rows=4, grid_rows=2)
     params["rl"].update(TINY_RL)
     params["evaluate"].update(per_subset=1, grid_rows=2, sample_steps=2)
     params["resources"]["workers"] = 1

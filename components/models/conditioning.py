@@ -46,28 +46,55 @@ def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(8, cout), nn.SiLU())
 
 
+def subject_crops(x: torch.Tensor, masks: torch.Tensor, pad: float = 0.15) -> torch.Tensor:
+    """Square crops (B, 3, S, S) of images ``x`` (B, 3, S, S) around each mask's box (B, S, S bool;
+    an empty mask: the whole image), padded, edges replicated, resized back to S: the pose is read
+    from the subject alone, whatever its place and size (a keypoint detector's crop)."""
+    side = x.shape[-1]
+    out = []
+    for img, m in zip(x, masks):
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        if len(ys) == 0:
+            out.append(img)
+            continue
+        x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
+        half = max(x1 - x0, y1 - y0) * (1 + 2 * pad) / 2
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        lo, n = (int(round(cx - half)), int(round(cy - half))), max(int(round(2 * half)), 1)
+        cols = torch.arange(lo[0], lo[0] + n).clamp(0, side - 1)
+        rows = torch.arange(lo[1], lo[1] + n).clamp(0, side - 1)
+        crop = img[:, rows][:, :, cols]
+        out.append(F.interpolate(crop[None], size=(side, side), mode="bilinear", align_corners=False)[0])
+    return torch.stack(out)
+
+
 class ReferenceAnalyser(nn.Module):
-    """Image (B, 3, S, S) in [-1, 1] -> (foreground logits (B, S, S), pose (B, POSE_DIMS))."""
+    """A segmenter, image (B, 3, S, S) in [-1, 1] -> foreground logits (B, S, S), and a pose
+    estimator reading the subject's crop (``subject_crops``) -> pose (B, POSE_DIMS)."""
 
     def __init__(self, width: int = 32):
         super().__init__()
         self.width = width
         self.stem = nn.Sequential(_conv(3, width), _conv(width, width))
         self.mask_head = nn.Conv2d(width, 1, 3, 1, 1)
-        self.down = nn.Sequential(_conv(width, 2 * width, 2), _conv(2 * width, 2 * width, 2),
-                                  _conv(2 * width, 2 * width, 2))
-        self.pose_head = nn.Linear(2 * width, POSE_DIMS)
+        self.pose_net = nn.Sequential(_conv(3, width), _conv(width, 2 * width, 2), _conv(2 * width, 2 * width, 2),
+                                      _conv(2 * width, 2 * width, 2), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                                      nn.Linear(32 * width, POSE_DIMS))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.stem(x)
-        return self.mask_head(h)[:, 0], self.pose_head(self.down(h).mean(dim=(2, 3)))
+    def segment(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mask_head(self.stem(x))[:, 0]
+
+    def pose(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.pose_net(crops)
 
     @torch.no_grad()
     def analyse(self, x: torch.Tensor, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token foreground share (B, grid * grid) in raster order and the pose (B, POSE_DIMS)."""
-        logits, pose = self(x.float())
+        """Per-token foreground share (B, grid * grid) in raster order and the pose (B, POSE_DIMS),
+        the pose read from the crop the segmenter's own mask gives."""
+        x = x.float()
+        logits = self.segment(x)
         share = F.avg_pool2d(torch.sigmoid(logits)[:, None], patch)[:, 0]
-        return share.flatten(1), pose
+        return share.flatten(1), self.pose(subject_crops(x, logits > 0))
 
 
 class ReferenceConditioner(nn.Module):

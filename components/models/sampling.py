@@ -53,7 +53,7 @@ class SamplingSettings:
     def sample(self, model, prompts, refs, seed: int) -> list:
         """``model``'s images for ``prompts`` and plain references (prepared here: standardized by
         the model's standardizer if it carries one, then packed by the layout)."""
-        packed = prepare_references(refs, self.reference_layout, model.standardizer)
+        packed = prepare_references(refs, self.reference_layout, getattr(model, "standardizer", None))
         return list(model.sample(list(prompts), packed, steps=self.steps, guidance=self.guidance, seed=seed,
                                  precision=self.precision)["images"])
 

@@ -34,6 +34,7 @@ PROFILES: dict[str, dict] = {
                    "semantic_steps": 30, "aesthetic_steps": 30, "grounding_threshold": 1e-6},
         "generator": {"sample_steps": 4},
         "pretrain": _QUICK_TRAIN,
+        "standardizer": {**_QUICK_TRAIN, "analyser_steps": 30, "eval_rows": 8, "grid_rows": 2},
         "multisubject": {"threshold": -1.0, "sample_steps": 4, "grid_rows": 2, "recompose": {"Three": 4, "Four": 4},
                          "candidates": 1},
         "sft": _QUICK_TRAIN,
@@ -69,7 +70,7 @@ def profile_params(name: str) -> dict:
         raise KeyError(f"unknown profile {name!r}; profiles: {', '.join(PROFILES)}")
     params = default_params()
     for section, values in PROFILES[name].items():
-        if section in ("pretrain", "sft"):
+        if section in ("pretrain", "standardizer", "sft"):
             set_training(params, section, **values)
         else:
             params[section].update(values)

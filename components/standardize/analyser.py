@@ -21,7 +21,7 @@ from ..world import shapes
 from ..world.subjects import CHARACTER
 from ..data.grids import load_rgb
 from ..data.manifest import read_manifest
-from ..models.conditioning import ReferenceAnalyser, pose_vector
+from ..models.conditioning import ReferenceAnalyser, pose_vector, subject_crops
 from ..models.generator import to_model
 
 
@@ -82,8 +82,10 @@ def _stack(rows) -> StandardizePairs:
 
 
 def analyser_loss(net: ReferenceAnalyser, images: torch.Tensor, masks: torch.Tensor, poses: torch.Tensor):
-    logits, pose = net(images)
-    return F.binary_cross_entropy_with_logits(logits, masks) + F.mse_loss(pose, poses)
+    """Segmentation BCE plus pose MSE, the pose read from the true mask's crop (at inference the
+    segmenter's own mask gives it)."""
+    seg = F.binary_cross_entropy_with_logits(net.segment(images), masks)
+    return seg + F.mse_loss(net.pose(subject_crops(images, masks > 0.5)), poses)
 
 
 def train_analyser(data: StandardizePairs, steps: int, lr: float, batch_size: int, seed: int,
@@ -115,8 +117,10 @@ def _angles(v: np.ndarray) -> np.ndarray:
 def analyser_accuracy(net: ReferenceAnalyser, data: StandardizePairs) -> dict:
     """Mask IoU (threshold 0.5), the person's limb-angle error and the objects' rotation error
     (degrees, mean absolute, wrapped), on ``data``."""
+    x = to_model(data.sources)
     with torch.no_grad():
-        logits, pose = net(to_model(data.sources))
+        logits = net.segment(x)
+        pose = net.pose(subject_crops(x, logits > 0))  # as at inference: from its own mask
     pred = (logits > 0).numpy()
     inter, union = (pred & data.source_masks).sum((1, 2)), (pred | data.source_masks).sum((1, 2))
     pose, truth = pose.numpy(), data.poses

@@ -1,0 +1,210 @@
+"""SerialGen's standardizer: the reference conditioning (FBDM / RPIM analogues) reads the mask
+and pose from the analyser, never from the renderer; a standardizer folder round-trips; a
+generator that carries one standardizes its references on every path that samples it, with the
+same function SFT trains through; the stage trains and scores it on held-out identities."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image, ImageDraw
+
+from components import judges as judges_stage
+from components import standardizer as standardizer_stage
+from components.models import conditioning
+from components.models.conditioning import POSE_DIMS, ReferenceAnalyser, ReferenceConditioner, pose_vector
+from components.models.generator import SubjectGenerator
+from components.models.sampling import SamplingSettings, prepare_references
+from components.models.standardizer import FOLDER, Standardizer
+from components.pipeline.project import default_params
+from tests.conftest import TINY_JUDGES, TINY_TRAIN, set_training
+from tests.test_pretrain import SMALL_GEN
+
+
+def hand_drawn(seed: int = 0) -> np.ndarray:
+    """A 32 px image the renderer never made: a PIL ellipse and bar on noise."""
+    rng = np.random.default_rng(seed)
+    im = Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    d = ImageDraw.Draw(im)
+    d.ellipse((6 + seed, 8, 20 + seed, 26), fill=(200, 30, 30))
+    d.rectangle((22, 4, 26, 28), fill=(20, 20, 220))
+    return np.asarray(im)
+
+
+def conditioned_generator(seed: int = 0, fbdm: bool = True, rpim: bool = True) -> SubjectGenerator:
+    model = SubjectGenerator.tiny(**SMALL_GEN, seed=seed)
+    torch.manual_seed(seed)
+    conditioning.attach(model, ReferenceAnalyser(8), fbdm, rpim)
+    with torch.no_grad():  # away from the zero initialisation, so the conditioning shows
+        for p in model.ref_conditioner.parameters():
+            p.normal_(0, 0.5)
+    return model
+
+
+def test_pose_vectors_keep_the_person_and_objects_apart():
+    person = pose_vector((20.0, 20.0, 8.0, 8.0), 0.0)
+    obj = pose_vector(None, 90.0)
+    assert len(person) == len(obj) == POSE_DIMS
+    assert person[-2:] == [0.0, 1.0] and obj[:8] == [0.0] * 8 and obj[-2:] == pytest.approx([1.0, 0.0])
+    assert person[0] == pytest.approx(np.sin(np.radians(20))) and person[1] == pytest.approx(np.cos(np.radians(20)))
+
+
+def test_a_fresh_conditioner_changes_nothing():
+    tokens = torch.randn(2, 3, 64, 48)
+    c = ReferenceConditioner(48)
+    assert torch.equal(c(tokens, torch.rand(2, 3, 64), torch.randn(2, 3, POSE_DIMS)), tokens)
+
+
+def test_fbdm_adds_the_foreground_and_background_embeddings_by_the_share():
+    c = ReferenceConditioner(4, fbdm=True, rpim=False)
+    with torch.no_grad():
+        c.fg.copy_(torch.tensor([1.0, 0, 0, 0]))
+        c.bg.copy_(torch.tensor([0, 1.0, 0, 0]))
+    share = torch.tensor([[[1.0, 0.0, 0.25]]])
+    out = c(torch.zeros(1, 1, 3, 4), share, torch.zeros(1, 1, POSE_DIMS))
+    assert out[0, 0].tolist() == [[1, 0, 0, 0], [0, 1, 0, 0], [0.25, 0.75, 0, 0]]
+
+
+def test_the_mask_and_pose_come_from_the_analyser_on_an_image_the_renderer_never_made():
+    """ref_tokens has no way in for a ground-truth mask or pose: what conditions the reference
+    is the analyser's reading of the image itself."""
+    model = conditioned_generator()
+    image = hand_drawn()
+    space = model.encode_images([image])
+    share, pose = model.ref_analyser.analyse(space, model.config.patch)
+    plain = model.pack(space)[:, None]
+    expected = model.ref_conditioner(plain, share[:, None], pose[:, None])
+    got = model.ref_tokens([[image]])
+    assert torch.allclose(got, expected) and not torch.allclose(got, plain)
+    other = model.ref_tokens([[hand_drawn(3)]])  # another image: another reading
+    assert not torch.allclose(other - model.pack(model.encode_images([hand_drawn(3)]))[:, None], got - plain)
+
+
+@pytest.mark.parametrize("fbdm,rpim", [(True, False), (False, True), (False, False)])
+def test_each_module_switches_off(fbdm, rpim):
+    c = ReferenceConditioner(8, fbdm, rpim)
+    assert hasattr(c, "fg") == fbdm and hasattr(c, "pose") == rpim
+
+
+def test_a_conditioned_folder_round_trips(tmp_path):
+    model = conditioned_generator(seed=1, rpim=False)
+    model.save_pretrained(tmp_path / "s")
+    back = SubjectGenerator.from_pretrained(tmp_path / "s")
+    assert not back.ref_conditioner.rpim and back.ref_conditioner.fbdm
+    refs = [[hand_drawn(1)], [hand_drawn(2)]]
+    assert torch.equal(back.ref_tokens(refs), model.ref_tokens(refs))
+    assert not any(p.requires_grad for p in back.ref_analyser.parameters())
+
+
+@pytest.fixture(scope="module")
+def std_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("std") / "standardizer"
+    conditioned_generator(seed=2).save_pretrained(folder)
+    SamplingSettings(steps=2, guidance=1.0).save(folder)
+    return folder
+
+
+def test_standardizing_is_per_image_whatever_the_batch(std_folder):
+    a, b, c = hand_drawn(0), hand_drawn(1), hand_drawn(2)
+    one = Standardizer.load(std_folder)
+    alone = one([b])[0]
+    mixed = Standardizer.load(std_folder)([a, b, c, b])
+    assert np.array_equal(mixed[1], alone) and np.array_equal(mixed[3], alone)
+    assert not np.array_equal(mixed[0], mixed[2])
+    assert mixed[0].shape == (32, 32, 3) and mixed[0].dtype == np.uint8
+
+
+def test_a_plain_generator_folder_is_no_standardizer(tmp_path):
+    SubjectGenerator.tiny(**SMALL_GEN).save_pretrained(tmp_path / "g")
+    with pytest.raises(ValueError, match="not a standardizer"):
+        Standardizer.load(tmp_path / "g")
+    assert SubjectGenerator.from_pretrained(tmp_path / "g").standardizer is None
+
+
+def test_a_generator_carries_its_standardizer_and_samples_through_it(std_folder, tmp_path, monkeypatch):
+    """The folder keeps the standardizer; SamplingSettings.sample (the benchmark's, the pyfunc
+    model's and generate's way in) standardizes, then arranges: prepare_references, SFT's too."""
+    from components.benchmark.generators import TrainedGenerator
+    from components.models import pyfunc
+
+    gen = SubjectGenerator.tiny(**SMALL_GEN, seed=4)
+    gen.standardizer = Standardizer.load(std_folder)
+    gen.save_pretrained(tmp_path / "g")
+    SamplingSettings(steps=2, guidance=1.0, reference_layout="slots").save(tmp_path / "g")
+    assert (tmp_path / "g" / FOLDER / "ref_conditioning.json").is_file()
+    raw = [[hand_drawn(0), hand_drawn(1), hand_drawn(2)]]
+
+    seen = []
+    real = prepare_references
+
+    def spy(refs, layout, standardizer=None):
+        out = real(refs, layout, standardizer)
+        seen.append((layout, standardizer is not None, out))
+        return out
+
+    monkeypatch.setattr("components.models.sampling.prepare_references", spy)
+    bench = TrainedGenerator(tmp_path / "g").generate_batch(["a"], raw, height=32, width=32, seed=0)[0]
+    served = pyfunc.load(tmp_path / "g")("the cat from image 1, the fish from image 2 and the star from image 3",
+                                         raw[0], steps=2)
+    assert [(layout, std) for layout, std, _ in seen] == [("slots", True), ("slots", True)]
+    expected = real(raw, "slots", Standardizer.load(std_folder))
+    for _, _, out in seen:
+        assert all(np.array_equal(x, y) for x, y in zip(out[0], expected[0]))
+    assert bench.shape == served.shape == (32, 32, 3)
+
+
+def test_sft_trains_on_the_references_sampling_would_hand_it(std_folder, tmp_path, monkeypatch, judge_world):
+    """run_fit with a standardizer: the rows' references become prepare_references(...) of them,
+    and the saved model carries the standardizer."""
+    from components.config import Params
+    from components.training import fit
+
+    data = judge_world[0] / "multi"
+    params = default_params()
+    params["generator"].update(SMALL_GEN)
+    set_training(params, "sft", **TINY_TRAIN)
+    captured = {}
+    real = fit.fit_generator
+
+    def record(stage, model, pairs, *a, **k):
+        captured["refs"], captured["std"] = pairs.refs, model.standardizer
+        return real(stage, model, pairs, *a, **k)
+
+    monkeypatch.setattr(fit, "fit_generator", record)
+    init = tmp_path / "init"
+    SubjectGenerator.tiny(**SMALL_GEN).save_pretrained(init)
+    fit.run_fit("sft", Params.model_validate(params), data, tmp_path / "out", tmp_path / "rep", tmp_path / "ck",
+                init=init, reference_layout="slots", standardizer=std_folder)
+    raw = fit.load_pairs(data).refs
+    expected = prepare_references(raw, "slots", Standardizer.load(std_folder))
+    assert all(np.array_equal(a, b) for r, e in zip(captured["refs"], expected) for a, b in zip(r, e))
+    assert captured["std"] is not None
+    assert SubjectGenerator.from_pretrained(tmp_path / "out").standardizer is not None
+
+
+def test_the_stage_trains_the_standardizer_and_scores_it_on_heldout_identities(judge_world, tmp_path):
+    data = judge_world[0]
+    params = default_params()
+    params["judges"].update(TINY_JUDGES)
+    params["generator"].update(SMALL_GEN)
+    set_training(params, "standardizer", **TINY_TRAIN)
+    params["standardizer"].update(analyser_steps=6, eval_rows=6, grid_rows=2)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert judges_stage.main(["--params", str(tmp_path / "params.yaml"), "--data", str(data), "--out",
+                              str(tmp_path / "judges"), "--reports", str(tmp_path / "rj"), "--metrics",
+                              str(tmp_path / "mj.json")]) == 0
+    out = tmp_path / "models" / "standardizer"
+    assert standardizer_stage.main(["--params", str(tmp_path / "params.yaml"), "--data", str(data / "standardize"),
+                                    "--judges", str(tmp_path / "judges"), "--out", str(out), "--reports",
+                                    str(tmp_path / "reports"), "--checkpoints", str(tmp_path / "ck"),
+                                    "--metrics", str(tmp_path / "m.json")]) == 0
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["heldout"]["rows"] == 6 and 0 <= m["heldout"]["pixel_error"] <= 1
+    assert {"mask_iou", "person_limb_error_deg"} <= set(m["analyser"]["heldout"]) or \
+        {"mask_iou", "object_rotation_error_deg"} <= set(m["analyser"]["heldout"])
+    for f in ("accuracy.csv", "accuracy.md", "heldout.csv", "heldout_grid.png", "analyser.json"):
+        assert (tmp_path / "reports" / f).is_file(), f
+    assert Standardizer.load(out)([hand_drawn()])[0].shape == (32, 32, 3)
