@@ -14,34 +14,16 @@ reference layout of its data (see ``models/layout.py``), loss history and sample
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 from .config import Params
-from .models.layout import load_layout
-from .pipeline.stage import path_field, stage_main
-from .training.fit import run_fit
+from .pipeline.stage import stage_main
+from .training.sft import SftPaths, run_sft
 
-
-@dataclass
-class SftPaths:
-    data: Path = path_field("the bootstrapped multi-subject dataset (data/multisubject)")
-    single: Path = path_field("single-subject pairs replayed in 1-reference batches (data/single)")
-    init: Path = path_field("the generator to start from (models/pretrain)")
-    standardizer: Path = path_field("the standardizer (models/standardizer), used when sft.standardize_refs")
-    out: Path = path_field("folder receiving the trained generator (models/sft)")
-    reports: Path = path_field("folder for the loss history and sample grids")
-    checkpoints: Path = path_field("folder for resumable checkpoints, outside the DVC outputs (.checkpoints)")
+__all__ = ["SftPaths", "main", "run"]
 
 
 def run(params: Params, paths: SftPaths) -> dict:
     """Fine-tune ``paths.init`` on the multi-subject pairs in ``paths.data``."""
-    cfg = params.sft
-    replay = paths.single if cfg.ref_count_probs.get(1, 0) > 0 else None
-    # the model expects its references as its data showed them (multisubject.recompose_layout)
-    return run_fit("sft", params, paths.data, paths.out, paths.reports, paths.checkpoints, init=paths.init,
-                   ref_count_probs=dict(cfg.ref_count_probs), replay=replay, reference_layout=load_layout(paths.data),
-                   standardizer=paths.standardizer if cfg.standardize_refs else None)
+    return run_sft(params, paths)
 
 
 def main(argv=None) -> int:

@@ -21,7 +21,7 @@ from components.pipeline.project import set_training  # noqa: E402,F401 - tests 
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"single": 24, "standardize": 12, "multi": 28, "bench_per_subset": 3, "bench_rows": {"Four": 4},
-        "grid_samples": 4}
+        "wild_per_subset": 2, "serial_identities": 3, "serial_prompts": 2, "grid_samples": 4}
 # Judges that train in seconds: the flow tests check the plumbing, not judge quality.
 TINY_JUDGES = {"width": 8, "embed_dim": 16, "batch_size": 16, "encoder_steps": 5, "grounder_steps": 5,
                "semantic_steps": 5, "aesthetic_steps": 5}

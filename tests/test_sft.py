@@ -33,6 +33,7 @@ def _sft(root, data, monkeypatch, **cfg):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.chdir(root)
     code = sft_main(["--params", "params.yaml", "--data", str(data / "multi"), "--single", str(data / "single"), "--init", "models/pretrain",
+                     "--standardizer", "models/standardizer",
                      "--out", "models/sft", "--reports", "reports/sft", "--checkpoints", ".checkpoints", "--metrics", "metrics/sft.json"])
     assert code == 0
     return json.loads((root / "metrics" / "sft.json").read_text()), SubjectGenerator.from_pretrained(root / "models" / "sft")
@@ -79,6 +80,7 @@ def test_sft_says_when_the_data_lacks_a_reference_count(setup, monkeypatch, tmp_
         load_params(tmp_path / "params.yaml")
     lacking = params.model_copy(update={"sft": params.sft.model_copy(update={"ref_count_probs": {2: 0.5, 5: 0.5}})})
     paths = SftPaths(data=data / "multi", single=data / "single", init=root / "models" / "pretrain",
+                     standardizer=root / "models" / "standardizer",
                      out=tmp_path / "sft", reports=tmp_path / "reports", checkpoints=tmp_path / "ckpt")
     m = run(lacking, paths)
     assert m["ref_counts_missing"] == [5] and m["batches_by_ref_count"]["2"] == 4

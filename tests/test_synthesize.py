@@ -1,4 +1,5 @@
 import hashlib
+import json
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,7 @@ from components.config import Params
 from components.data import synthesis
 from components.data.manifest import COLUMNS, SPLITS, TRAIN_SPLITS, read_manifest
 from components.synthesize import SynthesizePaths
+from components.world.scenes import BUSY_BACKGROUNDS, default_action
 from tests.conftest import tiny_params
 
 
@@ -38,7 +40,8 @@ def test_writes_every_dataset_with_its_manifest_and_grid(one_worker):
         m = read_manifest(paths.out / split)
         assert list(m.columns) == list(COLUMNS)
         assert m["id"].is_unique
-        expected = sum(map(cfg.bench_size, world.TASKS)) if split == "bench" else getattr(cfg, split)
+        expected = {"bench": sum(map(cfg.bench_size, world.TASKS)), "wild": sum(map(cfg.wild_size, world.TASKS)),
+                    "serial": cfg.serial_identities * cfg.serial_prompts}.get(split) or getattr(cfg, split)
         assert len(m) == metrics[split]["samples"] == expected
         for rec in m.itertuples():
             for rel in [rec.target, rec.mask, *rec.refs]:
@@ -52,6 +55,39 @@ def test_writes_every_dataset_with_its_manifest_and_grid(one_worker):
         assert (paths.reports / f"grid_{split}.png").exists()
     bench = read_manifest(paths.out / "bench")
     assert bench["subset"].value_counts().to_dict() == {t: cfg.bench_size(t) for t in world.TASKS}
+
+
+def test_wild_rows_are_benchmark_rows_with_their_references_redrawn_wild(one_worker):
+    """Same ids' targets, prompts and identities as the benchmark's first rows per subset; each
+    reference small, off-centre, never in the canonical pose, on a busy background."""
+    _, paths, _ = one_worker
+    bench = read_manifest(paths.out / "bench").set_index("id")
+    wild = read_manifest(paths.out / "wild")
+    assert len(wild) and set(wild.subset) == set(world.TASKS)
+    for rec in wild.itertuples():
+        twin = bench.loc[rec.id.replace("wild-", "bench-")]
+        assert (rec.prompt, rec.scene, list(rec.identities)) == (twin.prompt, twin.scene, list(twin.identities))
+        assert rec.claims == twin.claims
+        for desc in rec.ref_scenes:
+            scene = world.Scene.from_dict(json.loads(desc))
+            (p,) = scene.placements
+            assert scene.background in BUSY_BACKGROUNDS and p.size == "small"
+            assert p.action != default_action(p.identity) and max(abs(p.cx - 0.5), abs(p.cy - 0.5)) >= 0.15
+
+
+def test_a_series_is_one_heldout_identity_with_one_reference_and_several_prompts(one_worker):
+    params, paths, _ = one_worker
+    serial = read_manifest(paths.out / "serial")
+    bench_pool = {i.id for ids in world.identity_pool("bench", params.synthesize.heldout_fraction,
+                                                      params.synthesize.identity_salt).values() for i in ids}
+    series = serial.groupby(serial.id.str.rsplit("-", n=1).str[0])
+    assert series.ngroups == params.synthesize.serial_identities
+    for _, rows in series:
+        assert len(rows) == params.synthesize.serial_prompts and rows.prompt.nunique() > 1
+        assert {tuple(i) for i in rows.identities} == {tuple(rows.identities.iloc[0])}
+        assert rows.identities.iloc[0][0] in bench_pool
+        first = [(paths.out / "serial" / r[0]).read_bytes() for r in rows.refs]
+        assert all(f == first[0] for f in first)  # one reference image for the whole series
 
 
 def test_benchmark_identities_never_in_training(one_worker):

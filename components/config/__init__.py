@@ -82,7 +82,9 @@ class Params(Section):
         syn, need = self.synthesize, self.validate_.min_samples
         sizes = {"synthesize.single": syn.single, "synthesize.standardize": syn.standardize,
                  "synthesize.multi": syn.multi,
-                 "synthesize.bench_per_subset / bench_rows": sum(syn.bench_size(t) for t in N_SUBJECTS)}
+                 "synthesize.bench_per_subset / bench_rows": sum(syn.bench_size(t) for t in N_SUBJECTS),
+                 "synthesize.wild_per_subset": sum(syn.wild_size(t) for t in N_SUBJECTS),
+                 "synthesize.serial_identities x serial_prompts": syn.serial_identities * syn.serial_prompts}
         return [f"{key} gives {n} rows, fewer than validate.min_samples {need}: the validate stage would reject "
                 f"the dataset; raise it or lower validate.min_samples" for key, n in sizes.items() if n < need]
 

@@ -45,6 +45,14 @@ class SynthesizeParams(Section):
         default_factory=lambda: {"Three": 200, "Four": 200}, description="Subsets given another number of benchmark samples than bench_per_subset "
                                           "(more rows resolve smaller differences); rows 0..n-1 of a subset are "
                                           "the same whatever n is.")
+    wild_per_subset: Annotated[int, Field(ge=0)] = Field(
+        50, description="Benchmark rows per subset (the first ones) also drawn with wild references (data/wild: the "
+                        "same targets and prompts, each reference small, off-centre, rotated or oddly posed, on a "
+                        "busy background); capped at the subset's size.")
+    serial_identities: Annotated[int, Field(ge=0)] = Field(
+        44, description="Held-out identities of the serial set (data/serial; categories in turn, the person among "
+                        "them): each one wild reference and serial_prompts single-subject prompts.")
+    serial_prompts: Annotated[int, Field(ge=2)] = Field(4, description="Prompts per identity of the serial set.")
     character_fraction: Annotated[float, Field(ge=0, le=1)] = Field(
         0.5, description="Fraction of standardization pairs showing the person (SerialGen's whole-body case).")
     grid_samples: Annotated[int, Field(ge=1, le=64)] = Field(8, description="Rows of each dataset's sample grid.")
@@ -66,6 +74,10 @@ class SynthesizeParams(Section):
     def bench_size(self, subset: str) -> int:
         """Benchmark samples of ``subset``."""
         return self.bench_rows.get(subset, self.bench_per_subset)
+
+    def wild_size(self, subset: str) -> int:
+        """Rows of ``subset`` in the wild-reference variant (its first ones)."""
+        return min(self.wild_per_subset, self.bench_size(subset))
 
 
 class ValidateParams(Section):
@@ -109,10 +121,11 @@ class JudgesParams(Section):
 
 
 class EvaluateParams(Section):
-    """The evaluate stage: the PSRBench-style benchmark on the `bench` dataset."""
+    """The evaluate stage: the PSRBench-style benchmark on the `bench` dataset, its rows with wild
+    references (`wild`) and the serial set (`serial`)."""
 
     generators: list[str] = Field(
-        default_factory=lambda: ["oracle", "copy_paste", "background_only", "noise", "pretrain", "sft", "rl"],
+        default_factory=lambda: ["oracle", "copy_paste", "background_only", "noise", "pretrain", "sft", "sft_std", "rl"],
         min_length=1,
         description=f"Generators to score, each once: reference generators by name {list(REFERENCE_GENERATORS)} and "
                     "trained ones by their folder under models/: one a dvc.yaml stage produces (pretrain, sft, ...) "
@@ -130,7 +143,7 @@ class EvaluateParams(Section):
     sample_precision: Literal["fp32", "bf16"] | None = Field(
         None, description="Sampling precision of every trained generator (None = what each one's folder records).")
     compare: list[tuple[str, str]] = Field(
-        default_factory=lambda: [("pretrain", "sft"), ("sft", "rl")],
+        default_factory=lambda: [("pretrain", "sft"), ("sft", "rl"), ("sft", "sft_std")],
         description="Pairs [baseline, candidate] of scored generators whose per-row differences are bootstrapped "
                     "(paired: the same bench rows) into a mean and 95% interval per subset and dimension.")
     bootstrap: Annotated[int, Field(ge=100)] = Field(2000, description="Bootstrap resamples of each comparison.")

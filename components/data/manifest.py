@@ -7,8 +7,8 @@ copied or moved as a whole.
 
 Columns:
     id            str        unique sample id ("multi-000042", "bench-position-007")
-    split         str        single | standardize | multi | bench | multisubject
-    subset        str        single | standardize | one of world.TASKS
+    split         str        single | standardize | multi | bench | wild | serial | multisubject
+    subset        str        single | standardize | serial | one of world.TASKS
     prompt        str        the text condition
     background    str        the target's background name
     width, height int        size of every image of the sample
@@ -32,12 +32,12 @@ from pathlib import Path
 import pandas as pd
 
 MANIFEST = "manifest.parquet"
-SPLITS = ("single", "standardize", "multi", "bench")
+SPLITS = ("single", "standardize", "multi", "bench", "wild", "serial")
 TRAIN_SPLITS = ("single", "standardize", "multi")
 # Datasets later stages build (the multisubject stage's bootstrapped pairs): training data too,
 # so the same leakage check applies; their rows keep the PSR task as subset.
 DERIVED_SPLITS = ("multisubject",)
-TASK_SPLITS = ("multi", "bench", "multisubject")
+TASK_SPLITS = ("multi", "bench", "wild", "multisubject")
 COLUMNS = (
     "id", "split", "subset", "prompt", "background", "width", "height", "n_subjects", "target", "mask",
     "refs", "categories", "identities", "boxes", "ref_boxes", "scene", "ref_scenes", "claims",

@@ -17,7 +17,7 @@ from ..fanout import fan_out
 from ..io import atomic_dir
 from .manifest import COLUMNS, MANIFEST
 
-_SPLIT_CODE = {"single": 1, "standardize": 2, "multi": 3, "bench": 4}
+_SPLIT_CODE = {"single": 1, "standardize": 2, "multi": 3, "bench": 4, "wild": 5, "serial": 6}
 _CHUNK = 32
 
 
@@ -26,17 +26,33 @@ def plan(cfg: SynthesizeParams, split: str) -> list[tuple[str, int, str | None]]
     index is its position within the subset."""
     if split == "bench":
         return [(f"bench-{t.lower()}-{i:04d}", i, t) for t in world.TASKS for i in range(cfg.bench_size(t))]
+    if split == "wild":  # the first rows of each benchmark subset, their references redrawn
+        return [(f"wild-{t.lower()}-{i:04d}", i, t) for t in world.TASKS for i in range(cfg.wild_size(t))]
+    if split == "serial":  # serial_prompts rows per identity, one series after another
+        return [(f"serial-{j:04d}-{p}", j * cfg.serial_prompts + p, None)
+                for j in range(cfg.serial_identities) for p in range(cfg.serial_prompts)]
     n = getattr(cfg, split)
     return [(f"{split}-{i:06d}", i, None) for i in range(n)]
 
 
 def make_sample(cfg: SynthesizeParams, split: str, index: int, subset: str | None) -> world.Sample:
     """The sample ``index`` of ``split`` (of ``subset`` for the benchmark), deterministically."""
+    heldout = split in ("bench", "wild", "serial")
+    pool = world.identity_pool("bench" if heldout else "train", cfg.heldout_fraction, cfg.identity_salt)
+    if split == "wild":  # the benchmark's row, then its references redrawn from a rng of their own
+        row = make_sample(cfg, "bench", index, subset)
+        return world.with_wild_references(np.random.default_rng([cfg.seed, _SPLIT_CODE[split], index,
+                                                                 world.TASKS.index(subset)]), row)
+    if split == "serial":
+        series, prompt = divmod(index, cfg.serial_prompts)
+        categories = sorted({c for c, ids in pool.items() if ids})
+        return world.serial_sample(np.random.default_rng([cfg.seed, _SPLIT_CODE[split], series]),
+                                   np.random.default_rng([cfg.seed, _SPLIT_CODE[split], series, prompt + 1]), pool,
+                                   categories[series % len(categories)])
     key = [cfg.seed, _SPLIT_CODE[split], index]
     if split == "bench":
         key.append(world.TASKS.index(subset))
     rng = np.random.default_rng(key)
-    pool = world.identity_pool("bench" if split == "bench" else "train", cfg.heldout_fraction, cfg.identity_salt)
     if split == "single":
         return world.sample_single(rng, pool, cfg.single_same_placement)
     if split == "standardize":

@@ -90,7 +90,7 @@ def remember_references(judges: JudgeSet, meta, crop_size: int = 32) -> None:
         judges.encoder.embed(crops)
 
 
-def _subject_embeddings(judges: JudgeSet, images, meta, crop_size: int, candidates: bool = False):
+def subject_embeddings(judges: JudgeSet, images, meta, crop_size: int, candidates: bool = False):
     """Embeddings of every grounded subject crop in the outputs and in the references, with
     None where the grounder found nothing (or, with ``candidates``, where it proposed no box
     at all in the output: a subject below the threshold is then cropped at its candidate)."""
@@ -126,7 +126,7 @@ def psr_reward(judges: JudgeSet, crop_size: int = 32, misses: str = "zero") -> R
     threshold = float(judges.grounder.threshold) if graded else 1.0
 
     def reward(images, prompts, meta) -> RewardOutput:
-        out, ref, per_out, _ = _subject_embeddings(judges, images, meta, crop_size, candidates=graded)
+        out, ref, per_out, _ = subject_embeddings(judges, images, meta, crop_size, candidates=graded)
         scores, missing, ref_missing, confusion = [], [], [], []
         for o, r, gs in zip(out, ref, per_out):
             sims, conf = [], []

@@ -27,7 +27,7 @@ PROFILES: dict[str, dict] = {
     "default": {},
     "quick": {
         "synthesize": {"single": 48, "standardize": 12, "multi": 48, "bench_per_subset": 4, "bench_rows": {"Four": 4},
-                       "grid_samples": 8},
+                       "serial_identities": 4, "serial_prompts": 2, "grid_samples": 8},
         # 30-step judges: a grounder this young finds few subjects at the usual threshold, and
         # bootstrapping would drop nearly every pair as "not in target"
         "judges": {"width": 8, "embed_dim": 16, "batch_size": 16, "encoder_steps": 30, "grounder_steps": 30,

@@ -244,7 +244,8 @@ def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainCo
 def run_fit(stage: str, params: Params, dataset_dir: Path, out: Path, reports: Path, checkpoints: Path,
             init: Path | None = None, ref_count_probs: dict[int, float] | None = None,
             replay: Path | None = None, reference_layout: str = "as_given", standardizer: Path | None = None,
-            model: SubjectGenerator | None = None, data: Pairs | None = None, extra: dict | None = None) -> dict:
+            model: SubjectGenerator | None = None, data: Pairs | None = None, extra: dict | None = None,
+            name: str | None = None) -> dict:
     """Load data, build (or load ``init``) the generator, train it with ``params.train_config(stage)``
     into ``out`` atomically, with the sampling settings it is to be used with (``sampling.json``).
     ``replay``: a second dataset whose rows join the first's (SFT's single-subject replay); the
@@ -253,7 +254,8 @@ def run_fit(stage: str, params: Params, dataset_dir: Path, out: Path, reports: P
     ``standardizer``: a standardizer folder (SerialGen's stage II): every reference is standardized
     by it before training (``prepare_references``, as sampling does) and the model carries it.
     ``model`` and ``data``: a model and rows built by the caller (the standardizer's), ``extra``
-    what else decides them (into the checkpoints' fingerprint)."""
+    what else decides them (into the checkpoints' fingerprint). ``name``: the stage's name when it
+    trains with another stage's settings (sft_std with sft's): its checkpoints and logs."""
     from ..io import atomic_dir, folder_hash
     from ..models.sampling import prepare_references
     from ..models.standardizer import Standardizer
@@ -275,12 +277,13 @@ def run_fit(stage: str, params: Params, dataset_dir: Path, out: Path, reports: P
     fp = fingerprint(stage, cfg.model_dump(exclude={"compile"}), params.generator.model_dump(), data_digest(dataset_dir),
                      data_digest(replay) if replay is not None else None, folder_hash(init) if init else None,
                      folder_hash(standardizer) if standardizer else None, extra)
-    checkpoints = checkpoint_folder(checkpoints, stage, fp)
+    name = name or stage
+    checkpoints = checkpoint_folder(checkpoints, name, fp)
     reports.mkdir(parents=True, exist_ok=True)
     sampling = SamplingSettings(cfg.sample_steps, cfg.guidance, reference_layout, cfg.sample_precision)
     if not process_state().is_main_process:
-        return fit_generator(stage, model, data, cfg, out, reports, checkpoints, ref_count_probs, grid_pool)
+        return fit_generator(name, model, data, cfg, out, reports, checkpoints, ref_count_probs, grid_pool)
     with atomic_dir(out) as tmp:
-        metrics = fit_generator(stage, model, data, cfg, tmp, reports, checkpoints, ref_count_probs, grid_pool)
+        metrics = fit_generator(name, model, data, cfg, tmp, reports, checkpoints, ref_count_probs, grid_pool)
         sampling.save(tmp)
     return {**metrics, "sampling": asdict(sampling)}

@@ -231,3 +231,42 @@ def sample_standardize(rng, pool: dict[str, tuple[Identity, ...]], character_fra
               {"type": "size", "subject": 0, "value": CANONICAL_SIZE},
               {"type": "background", "value": backgrounds.PLAIN}]
     return Sample("standardize", prompt, target, [source], claims)
+
+
+# Backgrounds with many details (trees, buildings, stars, flowers): the wild references' clutter.
+BUSY_BACKGROUNDS = ("forest", "city", "night", "meadow")
+
+
+def wild_reference_scene(rng, identity: Identity) -> Scene:
+    """The subject as a user might photograph it: small, off-centre, in an unusual pose (the
+    person in any pose but the canonical one) or rotated (an object never upright), on a busy
+    background. SerialGen's case for standardizing the reference first."""
+    s = SIZES["small"]
+    offset = lambda: float(rng.choice([-1, 1]) * rng.uniform(0.15, 0.5 - s / 2 - 0.02))  # noqa: E731
+    cx, cy = 0.5 + offset(), 0.5 + offset()
+    action = str(rng.choice([a for a in actions_for(identity) if a != default_action(identity)]))
+    return Scene(str(rng.choice(BUSY_BACKGROUNDS)), int(rng.integers(2**31)),
+                 (_placement(rng, identity, cx, cy, "small", action),))
+
+
+def with_wild_references(rng, sample: Sample) -> Sample:
+    """``sample`` (a benchmark row) with every reference redrawn wild: same target and prompt."""
+    refs = [wild_reference_scene(rng, p.identity) for p in sample.target.placements]
+    return Sample(sample.subset, sample.prompt, sample.target, refs, sample.claims)
+
+
+def serial_sample(identity_rng, prompt_rng, pool: dict[str, tuple[Identity, ...]], category: str) -> Sample:
+    """One row of a series (SerialGen's serial consistency): the identity and its one wild
+    reference come from ``identity_rng`` (the same for every row of the series), the
+    single-subject prompt and target from ``prompt_rng``."""
+    (ident,) = choose_identities(identity_rng, pool, 1, (category,))
+    ref = wild_reference_scene(identity_rng, ident)
+    kind = str(prompt_rng.choice(["Background", "Attribute", "Action"]))
+    size = str(prompt_rng.choice(list(SIZES))) if kind == "Attribute" else default_size(1)
+    action = str(prompt_rng.choice(actions_for(ident))) if kind == "Action" else default_action(ident)
+    (pt,) = _positions(prompt_rng, [SIZES[size]])
+    target = Scene(str(prompt_rng.choice(backgrounds.SCENE_BACKGROUNDS)), int(prompt_rng.integers(2**31)),
+                   (_placement(prompt_rng, ident, pt[0], pt[1], size, action),))
+    sample = compose(kind, target, [ref])
+    sample.subset = "serial"
+    return sample
