@@ -10,8 +10,8 @@ from ..io import folder_hash
 
 # What a registered generator was made from: dvc.lock outputs recorded on its version (with the
 # model's own folder).
-LINEAGE = ("models/sft", "data/multisubject", "models/pretrain", "models/judges", "data/single", "data/multi",
-           "data/bench")
+LINEAGE = ("models/sft", "data/multisubject", "models/pretrain", "models/standardizer", "models/judges", "data/single",
+           "data/standardize", "data/multi", "data/bench")
 MODEL_HASH_TAG = "model.sha256"
 # Which benchmark scored a version: the gate compares two versions' per-row scores only when all of
 # these agree (the rows, the judge set's files, its name, the scoring settings, the scoring code).
