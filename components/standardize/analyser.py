@@ -107,6 +107,8 @@ def train_analyser(data: StandardizePairs, steps: int, lr: float, batch_size: in
         opt.step()
         sched.step()
         losses.append(loss.item())
+        if len(losses) % 250 == 0 or len(losses) == steps:
+            print(f"analyser step {len(losses)}: loss {np.mean(losses[-50:]):.4f}", flush=True)
     return net.eval(), losses
 
 
