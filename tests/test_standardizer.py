@@ -208,3 +208,34 @@ def test_the_stage_trains_the_standardizer_and_scores_it_on_heldout_identities(j
     for f in ("accuracy.csv", "accuracy.md", "heldout.csv", "heldout_grid.png", "analyser.json"):
         assert (tmp_path / "reports" / f).is_file(), f
     assert Standardizer.load(out)([hand_drawn()])[0].shape == (32, 32, 3)
+
+
+def test_the_logged_pyfunc_model_standardizes_through_the_same_function(std_folder, tmp_path, monkeypatch):
+    """Logged to MLflow and loaded back by its model URI, the generator still carries its
+    standardizer and samples through prepare_references."""
+    import mlflow
+
+    from components.models import pyfunc
+
+    gen = SubjectGenerator.tiny(**SMALL_GEN, seed=6)
+    gen.standardizer = Standardizer.load(std_folder)
+    gen.save_pretrained(tmp_path / "g")
+    SamplingSettings(steps=2, guidance=1.0).save(tmp_path / "g")
+    calls = []
+    real = prepare_references
+    monkeypatch.setattr("components.models.sampling.prepare_references",
+                        lambda refs, layout, std=None: calls.append(std is not None) or real(refs, layout, std))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    try:
+        exp = mlflow.create_experiment("std", artifact_location=(tmp_path / "artifacts").as_uri())
+        mlflow.set_experiment(experiment_id=exp)
+        with mlflow.start_run():
+            info = pyfunc.log_generator(tmp_path / "g", name="generator")
+        calls.clear()  # logging ran the input example through it
+        image = pyfunc.generate(info.model_uri, "the cat from image 1 in a city", [hand_drawn(5)], steps=2)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert image.shape == (32, 32, 3) and calls == [True]
+    local = pyfunc.generate(tmp_path / "g", "the cat from image 1 in a city", [hand_drawn(5)], steps=2)
+    assert np.array_equal(image, local)
