@@ -44,7 +44,8 @@ def test_stage_runs_one_stage_through_the_flow(fresh, prefect_harness, monkeypat
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # restored after: mlflow.set_tracking_uri sets it
     # No capsys here: Prefect's console log handler keeps the stream it first saw.
     assert main(["stage", "synthesize", "--project", str(fresh), "--no-push"]) == 0
-    assert set(lineage.status(fresh)) == {"validate", "judges", "pretrain", "multisubject", "sft", "rl", "evaluate", "register"}  # downstream
+    assert set(lineage.status(fresh)) == {"validate", "judges", "pretrain", "standardizer", "multisubject", "sft", "sft_std", "rl",
+                                               "evaluate", "register"}  # downstream
     assert (fresh / "data" / "multi" / "manifest.parquet").exists()
     assert not (fresh / "reports" / "validate").exists()
     assert not (fresh / ".dvc-storage").exists()

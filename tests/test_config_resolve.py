@@ -66,13 +66,13 @@ def test_an_unknown_generator_fails_at_load_naming_it_and_the_known_ones(tmp_pat
 
 
 def test_the_shipped_project_resolves_and_so_does_a_folder_outside_one(tmp_path):
-    assert load_params(REPO / "params.yaml").evaluate.generators[-2:] == ["sft", "rl"]
+    assert load_params(REPO / "params.yaml").evaluate.generators[-3:] == ["sft", "sft_std", "rl"]
     # no dvc.yaml beside params.yaml: what the pipeline trains is unknown, names are not checked
     assert load_params(_project(tmp_path, dvc=False, evaluate={"generators": ["patchdpo"], "compare": []}))
 
 
 def test_a_trained_generator_is_known_by_its_stage_or_its_folder(tmp_path):
-    f = _project(tmp_path, evaluate={"generators": ["oracle", "sft", "rl", "patchdpo"], "compare": []})
+    f = _project(tmp_path, evaluate={"generators": ["oracle", "sft", "sft_std", "rl", "patchdpo"], "compare": []})
     with pytest.raises(ParamsError, match=r"unknown generator\(s\) \['patchdpo'\]"):
         load_params(f)
     (tmp_path / "models" / "patchdpo").mkdir(parents=True)
@@ -87,14 +87,14 @@ def test_a_trained_generator_is_known_by_its_stage_or_its_folder(tmp_path):
         load_params(f)
     dvc["stages"]["evaluate"]["deps"].append("models/patchdpo")
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
-    assert load_params(f).evaluate.generators == ["oracle", "sft", "rl", "patchdpo"]
+    assert load_params(f).evaluate.generators == ["oracle", "sft", "sft_std", "rl", "patchdpo"]
 
 
 def test_every_registered_generator_must_be_scored(tmp_path):
     f = _project(tmp_path, evaluate={"generators": ["oracle", "pretrain"], "compare": []})
     with pytest.raises(ParamsError) as e:
         load_params(f)
-    for name in ("sft", "rl"):
+    for name in ("sft", "sft_std", "rl"):
         assert re.search(rf"registers models/{name}.*add '{name}' to evaluate\.generators", str(e.value))
 
 
@@ -186,7 +186,7 @@ def test_a_missing_flux_folder_is_named(tmp_path, no_hub):
 
 def test_every_problem_is_one_line(tmp_path, no_hub):
     f = _project(tmp_path, judges={"encoder_model": "./dino", "grounder_model": "org/owl"},
-                 evaluate={"generators": ["oracle", "sft", "rl", "dalle"], "compare": []},
+                 evaluate={"generators": ["oracle", "sft", "sft_std", "rl", "dalle"], "compare": []},
                  pipeline={"tracking_uri": f"sqlite:///{tmp_path}/no/such/folder/mlflow.db"})
     with pytest.raises(ParamsError) as e:
         load_params(f)
