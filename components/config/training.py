@@ -190,13 +190,13 @@ class StandardizerParams(StageTrainingParams):
     """SerialGen's stage I: a reference analyser (segmenter and pose estimator), then the
     standardizer, an in-context generator trained from scratch on data/standardize."""
 
-    steps: Annotated[int, Field(ge=1)] = Field(1500, description="Optimizer steps of the standardizer.")
+    steps: Annotated[int, Field(ge=1)] = Field(3000, description="Optimizer steps of the standardizer.")
     lr: Annotated[float, Field(gt=0)] = Field(2e-3, description="Peak learning rate (AdamW).")
     ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = Field(
-        0.999, description="EMA of the weights, saved as the model (None = off; warm-up: training.EMA).")
+        0.995, description="EMA of the weights, saved as the model (None = off; warm-up: training.EMA).")
     checkpoint_every: Annotated[int, Field(ge=0)] = Field(
-        500, description="Resumable checkpoint every N steps in .checkpoints/ (0 = end only).")
-    sample_every: Annotated[int, Field(ge=0)] = Field(500, description="Steps between sample grids (0 = end only).")
+        1000, description="Resumable checkpoint every N steps in .checkpoints/ (0 = end only).")
+    sample_every: Annotated[int, Field(ge=0)] = Field(1000, description="Steps between sample grids (0 = end only).")
     fbdm: bool = Field(True, description="FBDM's analogue: learned foreground / background embeddings added to the "
                                          "reference's tokens by the analyser's mask share of each token.")
     rpim: bool = Field(True, description="RPIM's analogue: the analyser's pose estimate, through a small MLP, added "
