@@ -28,14 +28,18 @@ def training_pairs(data: StandardizePairs, ids: list[str]) -> Pairs:
 
 def standardization_accuracy(outputs: list[np.ndarray], truth: StandardizePairs, encoder, crop_size: int) -> pd.DataFrame:
     """Per held-out row: pixel error (mean absolute, 0-1) of the output against the true standard
-    view, and the encoder cosine of the two, both cropped at the true view's subject box."""
+    view, and the encoder cosine of the two, both cropped at the true view's subject box; and, as
+    the baseline standardizing must beat, the same for the reference itself (its subject cropped
+    at its own box for the cosine)."""
     boxes = [_box(m) for m in truth.target_masks]
-    out = np.stack(outputs).astype(np.float32) / 255
-    pixel = np.abs(out - truth.targets.astype(np.float32) / 255).mean(axis=(1, 2, 3))
-    crops = [crop_subject(im, b, crop_size) for im, b in zip(outputs, boxes)]
-    true_crops = [crop_subject(im, b, crop_size) for im, b in zip(truth.targets, boxes)]
-    cosine = (encoder.embed(crops) * encoder.embed(true_crops)).sum(1)
-    return pd.DataFrame({"category": truth.categories, "pixel_error": pixel, "encoder_cosine": cosine})
+    true = encoder.embed([crop_subject(im, b, crop_size) for im, b in zip(truth.targets, boxes)])
+    rows = {"category": truth.categories}
+    for name, images, at in (("", outputs, boxes), ("reference_", list(truth.sources),
+                                                     [_box(m) for m in truth.source_masks])):
+        pixel = np.abs(np.stack(images).astype(np.float32) - truth.targets.astype(np.float32)).mean(axis=(1, 2, 3))
+        emb = encoder.embed([crop_subject(im, b, crop_size) for im, b in zip(images, at)])
+        rows.update({f"{name}pixel_error": pixel / 255, f"{name}encoder_cosine": (emb * true).sum(1)})
+    return pd.DataFrame(rows)
 
 
 def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -48,8 +52,8 @@ def accuracy_table(rows: pd.DataFrame) -> pd.DataFrame:
     person = rows.category == world.CHARACTER
     parts = [(c, rows[rows.category == c]) for c in sorted(rows.category.unique())]
     parts += [("objects", rows[~person]), ("all", rows)]
-    return pd.DataFrame([{"group": name, "rows": len(p), "pixel_error": p.pixel_error.mean(),
-                          "encoder_cosine": p.encoder_cosine.mean()} for name, p in parts if len(p)])
+    cols = ["pixel_error", "encoder_cosine", "reference_pixel_error", "reference_encoder_cosine"]
+    return pd.DataFrame([{"group": name, "rows": len(p), **p[cols].mean().to_dict()} for name, p in parts if len(p)])
 
 
 def run_standardizer(params: Params, paths) -> dict:
@@ -90,6 +94,7 @@ def run_standardizer(params: Params, paths) -> dict:
     return {**fit, "fbdm": cfg.fbdm, "rpim": cfg.rpim, "analyser": analysis,
             "heldout": {"rows": len(heldout), "pixel_error": round(float(overall.pixel_error), 4),
                         "encoder_cosine": round(float(overall.encoder_cosine), 4),
+                        "reference_encoder_cosine": round(float(overall.reference_encoder_cosine), 4),
                         **({"person_pixel_error": round(float(person.pixel_error), 4),
                             "person_encoder_cosine": round(float(person.encoder_cosine), 4)} if person is not None
                            else {})}}
