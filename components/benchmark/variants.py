@@ -94,7 +94,7 @@ def add_variants(params: Params, metrics: dict, wild_dir: Path, serial_dir: Path
     person = person_rows(reports / "wild", wild_dir)
     serial = serial_benchmark(params, serial_dir, judges_dir, reports / "serial", names, models).set_index("generator")
     for name in names:
-        w = {k: v for k, v in wild.get(name, {}).items()}
+        w = dict(wild.get(name, {}))
         if name in person.index:
             w["person"] = {k: round(float(person.loc[name, k]), 4) for k in ("SC", "SA", "AES")}
         metrics.setdefault(name, {})["wild"] = w

@@ -112,8 +112,12 @@ def train_analyser(data: StandardizePairs, steps: int, lr: float, batch_size: in
     return net.eval(), losses
 
 
-def _angles(v: np.ndarray) -> np.ndarray:
-    return np.degrees(np.arctan2(v[..., 0], v[..., 1]))
+def _angle_errors(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Absolute wrapped angle differences (degrees), per (sin, cos) pair of the last axis."""
+    def angles(v):
+        v = v.reshape(*v.shape[:-1], -1, 2)
+        return np.degrees(np.arctan2(v[..., 0], v[..., 1]))
+    return np.abs((angles(pred) - angles(truth) + 180) % 360 - 180)
 
 
 def analyser_accuracy(net: ReferenceAnalyser, data: StandardizePairs) -> dict:
@@ -128,15 +132,17 @@ def analyser_accuracy(net: ReferenceAnalyser, data: StandardizePairs) -> dict:
     pose, truth = pose.numpy(), data.poses
     person = np.array([c == CHARACTER for c in data.categories])
 
-    def err(cols):
-        d = _angles(pose[..., cols].reshape(len(pose), -1, 2)) - _angles(truth[..., cols].reshape(len(truth), -1, 2))
-        return np.abs((d + 180) % 360 - 180)
+    return {"mask_iou": float(np.mean(inter / np.maximum(union, 1))), **_pose_errors(pose, truth, person)}
 
-    out = {"mask_iou": float(np.mean(inter / np.maximum(union, 1)))}
+
+def _pose_errors(pose: np.ndarray, truth: np.ndarray, person: np.ndarray) -> dict:
+    """The person's mean limb-angle error and the objects' mean rotation error (degrees)."""
+    d = _angle_errors(pose, truth)  # (N, 5): 4 limbs, then the rotation
+    out = {}
     if person.any():
-        out["person_limb_error_deg"] = float(err(slice(0, 8))[person].mean())
+        out["person_limb_error_deg"] = float(d[person][:, :4].mean())
     if (~person).any():
-        out["object_rotation_error_deg"] = float(err(slice(8, 10))[~person].mean())
+        out["object_rotation_error_deg"] = float(d[~person][:, 4].mean())
     return out
 
 
@@ -144,13 +150,5 @@ def pose_baseline(data: StandardizePairs) -> dict:
     """The same errors for a constant guess (the canonical pose): what the estimator must beat."""
     person = np.array([c == CHARACTER for c in data.categories])
     canon = np.array(pose_vector(shapes.POSES[shapes.CANONICAL_POSE], 0.0), np.float32)
-    d = _angles(np.broadcast_to(canon, data.poses.shape).reshape(len(data), -1, 2)) - \
-        _angles(data.poses.reshape(len(data), -1, 2))
-    d = np.abs((d + 180) % 360 - 180)
-    out = {}
-    if person.any():
-        out["person_limb_error_deg"] = float(d[person][:, :4].mean())
-    if (~person).any():
-        out["object_rotation_error_deg"] = float(d[~person][:, 4].mean())
-    return out
+    return _pose_errors(np.broadcast_to(canon, data.poses.shape), data.poses, person)
 
