@@ -510,4 +510,4 @@ def test_the_clean_copy_passes_every_check(data, tmp_path):
     results = {s: json.loads((tmp_path / "reports" / f"{s}.json").read_text()) for s in SPLITS}
     leak = {s: any(r["expectation_config"]["kwargs"].get("column") == "leak_status"
                    for r in results[s]["samples"]["results"]) for s in SPLITS}
-    assert leak == {"single": True, "standardize": True, "multi": True, "bench": False}
+    assert leak == {"single": True, "standardize": True, "multi": True, "bench": False, "wild": False, "serial": False}
