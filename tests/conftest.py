@@ -101,7 +101,7 @@ def judge_world(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("judge-world")
     params = Params.model_validate({"synthesize": {"single": 40, "standardize": 2, "multi": 40, "bench_per_subset": 2,
-                                                   "bench_rows": {}},
+                                                   "bench_rows": {}, "serial_identities": 3, "serial_prompts": 2},
                                     "resources": {"workers": 1}})
     synthesize(params, SynthesizePaths(out=root / "data", reports=root / "reports"))
     train = judge_data.load([root / "data" / "multi", root / "data" / "single"])

@@ -45,7 +45,8 @@ def project(judge_world, tmp_path_factory):
                                   "--metrics", str(root / "metrics" / "judges.json")])
         assert code == 0
         mp.setenv(RECORD_ENV, str(root / "evaluate-record.json"))
-        code = evaluate.main(["--params", str(root / "params.yaml"), "--bench", str(data / "bench"), "--judges",
+        code = evaluate.main(["--params", str(root / "params.yaml"), "--bench", str(data / "bench"),
+                              "--wild", str(data / "wild"), "--serial", str(data / "serial"), "--judges",
                               str(root / "models" / "judges"), "--models", str(root / "models"),
                               "--reports", str(root / "reports" / "evaluate"), "--cache", str(root / ".cache" / "evaluate"),
                               "--metrics", str(root / "metrics" / "evaluate.json")])
@@ -128,9 +129,13 @@ def test_benchmark_metrics_for_dvc(project):
     root, _ = project
     m = json.loads((root / "metrics" / "evaluate.json").read_text())
     assert m["judge_set"] == "eval" and m["samples"] == len(world.TASKS) * 2
+    assert m["wild_samples"] == len(world.TASKS) * 2 and m["serial_series"] == 3
     for g in GENERATORS:
-        assert set(m[g]) == set(world.TASKS) | {"Overall"}  # no timings: the file is a dependency of register
+        # no timings: the file is a dependency of register
+        assert set(m[g]) == set(world.TASKS) | {"Overall", "wild", "serial"}
         assert set(m[g]["Overall"]) == {"SC", "SA", "AES", "missing_rate"}
+        assert set(m[g]["wild"]["Overall"]) == {"SC", "SA", "AES", "missing_rate"}
+        assert {"serial", "SC"} <= set(m[g]["serial"])
     assert not {"timings", "peak_rss_mb"} & set(m)
     timings = json.loads((root / "evaluate-record.json").read_text())["timings"]
     assert all({"generate_seconds", "score_seconds"} <= set(timings[g]) for g in GENERATORS)
