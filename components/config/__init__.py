@@ -15,6 +15,7 @@ from .resolve import check_resolvable
 from .training import (
     GeneratorParams,
     MultisubjectParams,
+    PatchDPOParams,
     PretrainParams,
     RLParams,
     SftParams,
@@ -24,7 +25,7 @@ from .training import (
     TrainingParams,
 )
 
-__all__ = ["EvaluateParams", "GeneratorParams", "JudgesParams", "MultisubjectParams", "Params", "ParamsError",
+__all__ = ["EvaluateParams", "GeneratorParams", "JudgesParams", "MultisubjectParams", "Params", "PatchDPOParams", "ParamsError",
            "PipelineParams", "PretrainParams", "PromoteParams", "RegisterParams", "ResourcesParams", "RLParams", "Section", "SftParams",
            "StageTrainingParams", "StandardizerParams", "SynthesizeParams", "TrainConfig", "TrainingParams", "ValidateParams",
            "check_resolvable", "known_tasks", "load_params", "section_dict"]
@@ -41,6 +42,7 @@ class Params(Section):
     multisubject: MultisubjectParams = MultisubjectParams()
     sft: SftParams = SftParams()
     rl: RLParams = RLParams()
+    patchdpo: PatchDPOParams = PatchDPOParams()
     register_: RegisterParams = Field(RegisterParams(), alias="register")
     evaluate: EvaluateParams = EvaluateParams()
     promote: PromoteParams = PromoteParams()

@@ -329,3 +329,41 @@ class RLParams(Section):
     @property
     def steps_per_iteration(self) -> int:
         return self.batches * self.inner_epochs // self.grad_accum
+
+
+class PatchDPOParams(StageTrainingParams):
+    """PatchDPO on the SFT generator: its own images for training rows, their patch quality read
+    by the reward judges' encoder (patchdpo_data), and patch-weighted training (patchdpo)."""
+
+    seed: int = Field(0, description="Seed of the rows drawn and of their images' noise.")
+    rows: Annotated[int, Field(ge=1)] = Field(
+        1200, description="Training rows of data/multisubject the SFT model draws for (all of them when fewer).")
+    samples_per_row: Annotated[int, Field(ge=1)] = Field(
+        2, description="Images per row, each with its own noise (image-level DPO pairs two of them).")
+    judge_set: Literal["reward"] = Field(
+        "reward", description="Judges whose encoder scores the patches (the reward set: the eval set only scores "
+                              "the benchmark).")
+    good_quantile: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.1, description="The threshold between good and bad patches: this quantile of the patch qualities of the "
+                         "rows' own targets against their references.")
+    negative_clamp: Annotated[float, Field(ge=0)] = Field(
+        0.3, description="Negative weights of bad generated patches are clamped at -this (the loss is unbounded "
+                         "below without it).")
+    background_weight: Annotated[float, Field(ge=0)] = Field(
+        1.0, description="Weight of the generated image's pixels off every subject.")
+    objective: Literal["patch", "flow_matching", "image_dpo"] = Field(
+        "patch", description="patch: PatchDPO's patch-weighted loss; flow_matching: the same pairs with every weight "
+                             "1 (the same-compute control); image_dpo: image-level Diffusion-DPO on the two samples of "
+                             "a row, ranked by their image-level patch quality.")
+    beta: Annotated[float, Field(gt=0)] = Field(
+        500.0, description="Diffusion-DPO's beta (image_dpo only), on per-sample mean squared velocity errors.")
+    min_gap: Annotated[float, Field(ge=0)] = Field(
+        0.02, description="image_dpo: a row's two samples make a pair only when their image-level quality differs "
+                          "by more than this.")
+    steps: Annotated[int, Field(ge=1)] = Field(300, description="Optimizer steps.")
+    lr: Annotated[float, Field(gt=0)] = Field(2e-4, description="Peak learning rate (AdamW).")
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        0.99, description="EMA of the weights, saved as the model (None = off).")
+    checkpoint_every: Annotated[int, Field(ge=0)] = Field(
+        100, description="Resumable checkpoint every N steps in .checkpoints/ (0 = end only).")
+    sample_every: Annotated[int, Field(ge=0)] = Field(150, description="Steps between sample grids (0 = end only).")

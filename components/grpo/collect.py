@@ -11,32 +11,15 @@ so a resumed run reports and continues the whole run.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..data.rows import Rows as RLRows
 from ..objectives.grpo import RolloutBatch, group_advantages
 from .rollout import rollout
-
-
-@dataclass
-class RLRows:
-    """Training rows: prompts, references (as the model reads them) and the rewards' ``meta``."""
-
-    prompts: list[str]
-    refs: list[list[np.ndarray]]
-    meta: list[dict]
-    ids: list[str]
-
-    def by_ref_count(self) -> dict[int, np.ndarray]:
-        counts = np.array([len(r) for r in self.refs])
-        return {int(k): np.flatnonzero(counts == k) for k in np.unique(counts)}
-
-    def take(self, idx: Sequence[int]) -> RLRows:
-        return RLRows([self.prompts[i] for i in idx], [self.refs[i] for i in idx], [self.meta[i] for i in idx],
-                      [self.ids[i] for i in idx])
 
 
 @dataclass

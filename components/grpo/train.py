@@ -3,7 +3,6 @@ handed to the shared trainer; then the output the guard chooses (``components/rl
 stage's command)."""
 from __future__ import annotations
 
-import json
 import shutil
 import warnings
 from dataclasses import asdict, dataclass
@@ -12,8 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import Params
-from ..data.grids import load_rgb
-from ..data.manifest import read_manifest
+from ..data.rows import load_rows
 from ..io import atomic_dir, folder_hash
 from ..judging.rewards import make_reward, remember_references
 from ..judging.sets import load_judge_set
@@ -28,14 +26,6 @@ from .probe import Probe
 from .report import summarise, write_reports
 
 RL_ADAPTER = "rl"
-
-
-def load_rows(dataset_dir: Path) -> RLRows:
-    """The dataset's prompts, references (as stored: as the SFT model read them) and meta."""
-    m = read_manifest(dataset_dir)
-    refs = [[load_rgb(Path(dataset_dir) / r) for r in rs] for rs in m.refs]
-    meta = [{"refs": r, "categories": list(c), "claims": json.loads(cl)} for r, c, cl in zip(refs, m.categories, m.claims)]
-    return RLRows(list(m.prompt), refs, meta, list(m.id))
 
 
 def split_probe(rows: RLRows, n: int, seed: int) -> tuple[RLRows, RLRows]:

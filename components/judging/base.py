@@ -82,15 +82,19 @@ class JudgeSet:
     aesthetic: AestheticJudge
 
 
+def crop_window(box: Box, pad: float = 0.1) -> tuple[int, int, int]:
+    """(left, top, side) in pixels of the square ``crop_subject`` reads around ``box``."""
+    x0, y0, x1, y1 = box
+    side = max(x1 - x0, y1 - y0) * (1 + 2 * pad)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return int(round(cx - side / 2)), int(round(cy - side / 2)), max(int(round(side)), 1)
+
+
 def crop_subject(image: np.ndarray, box: Box, size: int = 32, pad: float = 0.1) -> np.ndarray:
     """The square crop around ``box`` (padded by ``pad`` of its longer side, edges replicated),
     resized to (size, size, 3) uint8. Square, so the subject's shape is not distorted."""
     h, w = image.shape[:2]
-    x0, y0, x1, y1 = box
-    side = max(x1 - x0, y1 - y0) * (1 + 2 * pad)
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
-    n = max(int(round(side)), 1)
+    left, top, n = crop_window(box, pad)
     ys = np.clip(np.arange(top, top + n), 0, h - 1)
     xs = np.clip(np.arange(left, left + n), 0, w - 1)
     patch = image[ys][:, xs]

@@ -52,7 +52,7 @@ def available() -> list[str]:
     return REWARDS.names()
 
 
-def _ground(judges: JudgeSet, images_per_sample: list[list[np.ndarray]], categories: list[list[str]]):
+def ground(judges: JudgeSet, images_per_sample: list[list[np.ndarray]], categories: list[list[str]]):
     """Ground category k of sample i in images_per_sample[i][k], in one batched call; returns
     the groundings in the same nested shape."""
     flat_imgs = [img for imgs in images_per_sample for img in imgs]
@@ -67,14 +67,14 @@ def _ground(judges: JudgeSet, images_per_sample: list[list[np.ndarray]], categor
 
 def _ground_outputs(judges: JudgeSet, images, meta):
     """Each subject grounded by its category in the sample's output image."""
-    return _ground(judges, [[img] * len(m["categories"]) for img, m in zip(images, meta)],
+    return ground(judges, [[img] * len(m["categories"]) for img, m in zip(images, meta)],
                    [list(m["categories"]) for m in meta])
 
 
 def _ground_subjects(judges: JudgeSet, images, meta):
     """Each subject grounded in the output and in its own reference."""
     cats = [list(m["categories"]) for m in meta]
-    return _ground_outputs(judges, images, meta), _ground(judges, [list(m["refs"]) for m in meta], cats)
+    return _ground_outputs(judges, images, meta), ground(judges, [list(m["refs"]) for m in meta], cats)
 
 
 def remember_references(judges: JudgeSet, meta, crop_size: int = 32) -> None:
@@ -83,7 +83,7 @@ def remember_references(judges: JudgeSet, meta, crop_size: int = 32) -> None:
     the references from memory. Called before a benchmark scores its first generator, it keeps a
     generator's scores independent of which generators were scored before it in the process
     (batched CPU kernels round differently for other batch sizes, in the last bits)."""
-    per_ref = _ground(judges, [list(m["refs"]) for m in meta], [list(m["categories"]) for m in meta])
+    per_ref = ground(judges, [list(m["refs"]) for m in meta], [list(m["categories"]) for m in meta])
     crops = [crop_subject(m["refs"][k], g.box, crop_size) for m, found in zip(meta, per_ref)
              for k, g in enumerate(found) if g.found]
     if crops:

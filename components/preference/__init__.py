@@ -1,0 +1,1 @@
+"""PatchDPO: patch-quality estimation, its training data and the preference stage's run."""
