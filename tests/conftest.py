@@ -59,6 +59,8 @@ def tiny_params(**synth) -> dict:
     set_training(params, "standardizer", **TINY_TRAIN)
     params["standardizer"].update(analyser_steps=4, eval_rows=4, grid_rows=2)
     params["rl"].update(TINY_RL)
+    set_training(params, "patchdpo", **TINY_TRAIN)
+    params["patchdpo"].update(rows=4)
     params["evaluate"].update(per_subset=1, grid_rows=2, sample_steps=2)
     params["resources"]["workers"] = 1
     params["pipeline"].update(retries=1, retry_delay_seconds=0, push=True,  # retries on: a data failure must still not retry

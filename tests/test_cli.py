@@ -45,7 +45,7 @@ def test_stage_runs_one_stage_through_the_flow(fresh, prefect_harness, monkeypat
     # No capsys here: Prefect's console log handler keeps the stream it first saw.
     assert main(["stage", "synthesize", "--project", str(fresh), "--no-push"]) == 0
     assert set(lineage.status(fresh)) == {"validate", "judges", "pretrain", "standardizer", "multisubject", "sft", "sft_std", "rl",
-                                               "evaluate", "register"}  # downstream
+                                               "patchdpo_data", "patchdpo", "evaluate", "register"}  # downstream
     assert (fresh / "data" / "multi" / "manifest.parquet").exists()
     assert not (fresh / "reports" / "validate").exists()
     assert not (fresh / ".dvc-storage").exists()

@@ -66,35 +66,35 @@ def test_an_unknown_generator_fails_at_load_naming_it_and_the_known_ones(tmp_pat
 
 
 def test_the_shipped_project_resolves_and_so_does_a_folder_outside_one(tmp_path):
-    assert load_params(REPO / "params.yaml").evaluate.generators[-3:] == ["sft", "sft_std", "rl"]
+    assert load_params(REPO / "params.yaml").evaluate.generators[-4:] == ["sft", "sft_std", "rl", "patchdpo"]
     # no dvc.yaml beside params.yaml: what the pipeline trains is unknown, names are not checked
-    assert load_params(_project(tmp_path, dvc=False, evaluate={"generators": ["patchdpo"], "compare": []}))
+    assert load_params(_project(tmp_path, dvc=False, evaluate={"generators": ["ipadapter"], "compare": []}))
 
 
 def test_a_trained_generator_is_known_by_its_stage_or_its_folder(tmp_path):
-    f = _project(tmp_path, evaluate={"generators": ["oracle", "sft", "sft_std", "rl", "patchdpo"], "compare": []})
-    with pytest.raises(ParamsError, match=r"unknown generator\(s\) \['patchdpo'\]"):
+    f = _project(tmp_path, evaluate={"generators": ["oracle", "sft", "sft_std", "rl", "patchdpo", "ipadapter"], "compare": []})
+    with pytest.raises(ParamsError, match=r"unknown generator\(s\) \['ipadapter'\]"):
         load_params(f)
-    (tmp_path / "models" / "patchdpo").mkdir(parents=True)
-    (tmp_path / "models" / "patchdpo" / "generator_config.json").write_text("{}")
-    assert load_params(f).evaluate.generators[-1] == "patchdpo"  # already trained, outside the pipeline
-    (tmp_path / "models" / "patchdpo" / "generator_config.json").unlink()
+    (tmp_path / "models" / "ipadapter").mkdir(parents=True)
+    (tmp_path / "models" / "ipadapter" / "generator_config.json").write_text("{}")
+    assert load_params(f).evaluate.generators[-1] == "ipadapter"  # already trained, outside the pipeline
+    (tmp_path / "models" / "ipadapter" / "generator_config.json").unlink()
     dvc = yaml.safe_load((tmp_path / "dvc.yaml").read_text())
-    dvc["stages"]["patchdpo"] = {"cmd": "python -m components.patchdpo --out models/patchdpo", "outs": ["models/patchdpo"],
+    dvc["stages"]["ipadapter"] = {"cmd": "python -m components.ipadapter --out models/ipadapter", "outs": ["models/ipadapter"],
                            "deps": ["models/sft", "components/models/generator.py"]}
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
-    with pytest.raises(ParamsError, match=r"'patchdpo' is trained by stage 'patchdpo'.*add models/patchdpo to evaluate's deps"):
+    with pytest.raises(ParamsError, match=r"'ipadapter' is trained by stage 'ipadapter'.*add models/ipadapter to evaluate's deps"):
         load_params(f)
-    dvc["stages"]["evaluate"]["deps"].append("models/patchdpo")
+    dvc["stages"]["evaluate"]["deps"].append("models/ipadapter")
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
-    assert load_params(f).evaluate.generators == ["oracle", "sft", "sft_std", "rl", "patchdpo"]
+    assert load_params(f).evaluate.generators == ["oracle", "sft", "sft_std", "rl", "patchdpo", "ipadapter"]
 
 
 def test_every_registered_generator_must_be_scored(tmp_path):
     f = _project(tmp_path, evaluate={"generators": ["oracle", "pretrain"], "compare": []})
     with pytest.raises(ParamsError) as e:
         load_params(f)
-    for name in ("sft", "sft_std", "rl"):
+    for name in ("sft", "sft_std", "rl", "patchdpo"):
         assert re.search(rf"registers models/{name}.*add '{name}' to evaluate\.generators", str(e.value))
 
 
@@ -186,7 +186,7 @@ def test_a_missing_flux_folder_is_named(tmp_path, no_hub):
 
 def test_every_problem_is_one_line(tmp_path, no_hub):
     f = _project(tmp_path, judges={"encoder_model": "./dino", "grounder_model": "org/owl"},
-                 evaluate={"generators": ["oracle", "sft", "sft_std", "rl", "dalle"], "compare": []},
+                 evaluate={"generators": ["oracle", "sft", "sft_std", "rl", "patchdpo", "dalle"], "compare": []},
                  pipeline={"tracking_uri": f"sqlite:///{tmp_path}/no/such/folder/mlflow.db"})
     with pytest.raises(ParamsError) as e:
         load_params(f)

@@ -16,8 +16,8 @@ from components.pipeline import lineage
 from tests.conftest import make_project, tiny_params
 
 pytestmark = pytest.mark.integration
-STAGES = ("synthesize", "validate", "judges", "pretrain", "standardizer", "multisubject", "sft", "sft_std", "rl", "evaluate",
-          "register")
+STAGES = ("synthesize", "validate", "judges", "pretrain", "standardizer", "multisubject", "sft", "sft_std", "rl", "patchdpo_data",
+          "patchdpo", "evaluate", "register")
 
 
 def _skipped_but(**states):
@@ -154,11 +154,11 @@ def test_the_trained_generators_are_registered_with_scores_and_lineage_and_one_p
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     client = mlflow.MlflowClient()
     versions = {v.tags["generator"]: v for v in client.search_model_versions("name = 'subjectflow-generator'")}
-    assert sorted(versions) == ["rl", "sft", "sft_std"]
+    assert sorted(versions) == ["patchdpo", "rl", "sft", "sft_std"]
     assert versions["rl"].tags["dvc.models/rl"] == lineage.locked_outs(root, "rl")["models/rl"]
     # @candidate is the better of the two by Overall SC, and the gate made it champion (floors 0 here)
     registered = json.loads((root / "reports" / "register" / "registered.json").read_text())
-    best = max(("sft", "sft_std", "rl"), key=lambda g: float(versions[g].tags["bench.Overall.SC"]))  # first among equals
+    best = max(("sft", "sft_std", "rl", "patchdpo"), key=lambda g: float(versions[g].tags["bench.Overall.SC"]))  # first among equals
     candidate = client.get_model_version_by_alias("subjectflow-generator", "candidate")
     assert registered["candidate"] == best and candidate.version == versions[best].version
     assert summary["promotion"]["verdict"] == "promoted" and summary["promotion"]["champion_before"] is None
@@ -270,7 +270,7 @@ def test_changing_a_validate_param_reruns_only_validate(project):
 
 def test_changing_only_sft_reruns_sft_and_benchmarks_only_sft_and_rl(project):
     """Issue 21: a changed sft parameter reruns sft (and sft_std, which trains with the sft section)
-    and what follows them (rl trains from sft); the evaluate stage samples and scores those alone,
+    and what follows them (rl and PatchDPO train from sft); the evaluate stage samples and scores those alone,
     the reference generators and pretrain come from its cache."""
     root, _ = project
     params = yaml.safe_load((root / "params.yaml").read_text())
@@ -278,11 +278,12 @@ def test_changing_only_sft_reruns_sft_and_benchmarks_only_sft_and_rl(project):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert set(lineage.status(root)) == {"sft", "sft_std"}
     summary = _flow(root)
-    assert _states(summary) == _skipped_but(sft="ran", sft_std="ran", rl="ran", evaluate="ran", register="ran")
+    assert _states(summary) == _skipped_but(sft="ran", sft_std="ran", rl="ran", patchdpo_data="ran", patchdpo="ran",
+                                                  evaluate="ran", register="ran")
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     timing = _children(summary["parent_run_id"])["evaluate"].data.metrics
     generators = params["evaluate"]["generators"]
-    assert {g: timing[f"timing.{g}.cached"] for g in generators} == {g: float(g not in ("sft", "sft_std", "rl"))
+    assert {g: timing[f"timing.{g}.cached"] for g in generators} == {g: float(g not in ("sft", "sft_std", "rl", "patchdpo"))
                                                                      for g in generators}
     assert lineage.status(root) == {}
 

@@ -155,7 +155,7 @@ def test_a_credential_in_the_tracking_uri_is_in_no_record(tmp_path, mlflow_serve
 
     host, server_dir = mlflow_server
     root = make_project(tmp_path / "project", tiny_params())
-    for seed, name in enumerate(("sft", "sft_std", "rl")):  # the generators register registers
+    for seed, name in enumerate(("sft", "sft_std", "rl", "patchdpo")):  # the generators register registers
         folder = root / "models" / name
         SubjectGenerator.tiny(width=32, heads=2, double_blocks=1, single_blocks=1, text_hidden=16, text_layers=1,
                               seed=seed).save_pretrained(folder)
@@ -166,11 +166,13 @@ def test_a_credential_in_the_tracking_uri_is_in_no_record(tmp_path, mlflow_serve
     overall = {"SC": 0.5, "SA": 0.5, "AES": 0.5, "missing_rate": 0.0}
     (root / "metrics" / "evaluate.json").write_text(json.dumps({"judge_set": "eval", "sft": {"Overall": overall},
                                                                 "sft_std": {"Overall": overall},
-                                                                "rl": {"Overall": overall}}))
+                                                                "rl": {"Overall": overall},
+                                                                "patchdpo": {"Overall": overall}}))
     (root / "reports" / "evaluate").mkdir(parents=True)
     (root / "reports" / "evaluate" / "scores.csv").write_text(
         "generator,id,subset,n_subjects,SC,SA,AES\nsft,bench-four-0000,Four,4,0.5,0.5,0.5\n"
-        "sft_std,bench-four-0000,Four,4,0.5,0.5,0.5\nrl,bench-four-0000,Four,4,0.5,0.5,0.5\n")
+        "sft_std,bench-four-0000,Four,4,0.5,0.5,0.5\nrl,bench-four-0000,Four,4,0.5,0.5,0.5\n"
+        "patchdpo,bench-four-0000,Four,4,0.5,0.5,0.5\n")
     Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(tmp_path / "ref.png")
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://user:{SECRET}@{host}",
            "PREFECT_API_URL": PREFECT_API_URL.value()}

@@ -156,8 +156,11 @@ def run_patchdpo(params: Params, paths) -> dict:
         logger.metrics({k: v for k, v in record.items() if k not in ("step", "local_loss")}, step, prefix="train/")
         print(f"patchdpo step {step}: loss {record['loss']:.4f} lr {record['lr']:.2e}", flush=True)
 
+    kept = checkpoints / "samples"  # beside the checkpoints: a resumed run still shows its first part's grids
+    kept.mkdir(parents=True, exist_ok=True)
+
     def on_sample(m, step):
-        path = checkpoints / f"samples-{step:07d}.png"
+        path = kept / f"step-{step:07d}.png"
         sample_grid(m, probe, np.arange(len(grid_rows)), tc, f"step {step}").save(path)
         logger.artifact(path, "reports/patchdpo/samples")
 
@@ -180,7 +183,7 @@ def run_patchdpo(params: Params, paths) -> dict:
         return metrics
     history.to_csv(paths.reports / "history.csv", index=False)
     (paths.reports / "samples").mkdir(exist_ok=True)
-    for p in sorted(checkpoints.glob("samples-*.png")):
+    for p in sorted(kept.glob("step-*.png")):
         shutil.copy2(p, paths.reports / "samples" / p.name)
     with atomic_dir(paths.out) as tmp:
         result.model.save_pretrained(tmp)
