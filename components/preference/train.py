@@ -37,7 +37,7 @@ from .data import CALIBRATION, MAPS
 
 
 @dataclass
-class Pairs:
+class PairSet:
     """Every pair's images in the model's space, grouped by reference count: per count k,
     ``first`` / ``second`` (n, C, S, S), their pixel weights (n, H, W), prompts, references
     (n, k, C, S, S) and, for ``patch`` pairs, the candidate reference subjects per pair (n, 4)."""
@@ -55,7 +55,7 @@ class Pairs:
         return {k: len(v) for k, v in self.prompts.items()}
 
 
-def load_pairs(params: Params, pairs_dir: Path, data_dir: Path, model: SubjectGenerator) -> tuple[Pairs, dict]:
+def load_pairs(params: Params, pairs_dir: Path, data_dir: Path, model: SubjectGenerator) -> tuple[PairSet, dict]:
     """The stage's pairs (module docstring) and what was kept or dropped."""
     cfg = params.patchdpo
     manifest = read_manifest(pairs_dir)
@@ -83,7 +83,7 @@ def load_pairs(params: Params, pairs_dir: Path, data_dir: Path, model: SubjectGe
         row_idx = np.array([where[r] for r in manifest.row.iloc[usable]], int)
         info.update(pairs=len(usable), samples_without_subject=int(len(manifest) - len(usable)))
         first_w, second_w = arrays["ref_weight"], arrays["gen_weight"]
-    out = Pairs({}, {}, {}, {}, {}, {}, {}, {})
+    out = PairSet({}, {}, {}, {}, {}, {}, {}, {})
     counts = np.array([len(rows.refs[i]) for i in row_idx])
     for k in np.unique(counts):
         sel = np.flatnonzero(counts == k)
@@ -109,7 +109,7 @@ class PairDraw:
     pairs of it; for reference-image pairs, each pair's reference subject drawn among those the
     grounder found in its output."""
 
-    def __init__(self, pairs: Pairs, batch_size: int):
+    def __init__(self, pairs: PairSet, batch_size: int):
         self.pairs, self.batch_size = pairs, batch_size
         n = pairs.counts()
         self.ks = sorted(n)
