@@ -109,3 +109,32 @@ def judge_world(tmp_path_factory):
     train = judge_data.load([root / "data" / "multi", root / "data" / "single"])
     bench = judge_data.load([root / "data" / "bench"])
     return root / "data", train, bench
+
+
+@pytest.fixture(scope="session")
+def judged_world(judge_world, tmp_path_factory):
+    """The shared world with tiny judges trained on it (``models/judges``, grounding threshold
+    1e-6: 5-step judges always answer) and a tiny random 'SFT' generator (``models/sft``) that
+    samples in 2 steps with CFG 2.5 in bf16: what the stages after SFT (rl, patchdpo) start from."""
+    import yaml
+
+    from components import judges as judges_stage
+    from components.models.generator import SubjectGenerator
+    from components.models.sampling import SamplingSettings
+    from components.pipeline.project import default_params
+    from tests.test_pretrain import SMALL_GEN
+
+    data = judge_world[0]
+    root = tmp_path_factory.mktemp("judged")
+    params = default_params()
+    params["judges"].update(TINY_JUDGES)
+    params["judges"]["grounding_threshold"] = 1e-6
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert judges_stage.main(["--params", str(root / "params.yaml"), "--data", str(data), "--out",
+                              str(root / "models" / "judges"), "--reports", str(root / "reports" / "judges"),
+                              "--metrics", str(root / "metrics" / "judges.json")]) == 0
+    sft = SubjectGenerator.tiny(**SMALL_GEN, seed=5)
+    sft.save_pretrained(root / "models" / "sft")
+    SamplingSettings(steps=2, guidance=2.5, precision="bf16").save(root / "models" / "sft")
+    return root, data
+

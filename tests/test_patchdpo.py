@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from components import judges as judges_stage
 from components import patchdpo, patchdpo_data
 from components.judging.base import Grounding, JudgeSet
 from components.models.generator import SubjectGenerator
@@ -172,25 +171,20 @@ def test_dpo_prefers_the_winner():
 
 
 @pytest.fixture(scope="module")
-def world(judge_world, tmp_path_factory):
-    """Tiny judges on the shared world and a tiny 'SFT' generator."""
-    data = judge_world[0]
+def world(judged_world, tmp_path_factory):
+    """The tiny judges and 'SFT' generator of the shared world, and the data stage run on them."""
+    models, data = judged_world[0] / "models", judged_world[1]
     root = tmp_path_factory.mktemp("patchdpo")
     params = default_params()
     params["judges"].update(TINY_JUDGES)
-    params["judges"]["grounding_threshold"] = 1e-6  # 5-step judges: always answer
+    params["judges"]["grounding_threshold"] = 1e-6
     params["generator"].update(SMALL_GEN)
     params["patchdpo"].update(rows=6, steps=4, checkpoint_every=2, sample_every=2)
     params["training"].update(batch_size=3, warmup_steps=1, log_every=1, grid_rows=2)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert judges_stage.main(["--params", str(root / "params.yaml"), "--data", str(data), "--out",
-                              str(root / "models" / "judges"), "--reports", str(root / "reports" / "judges"),
-                              "--metrics", str(root / "metrics" / "judges.json")]) == 0
-    sft = SubjectGenerator.tiny(**SMALL_GEN, seed=5)
-    sft.save_pretrained(root / "models" / "sft")
-    SamplingSettings(steps=2, guidance=2.5, precision="bf16").save(root / "models" / "sft")
+    (root / "models").symlink_to(models)
     assert patchdpo_data.main(["--params", str(root / "params.yaml"), "--data", str(data / "multi"), "--init",
-                               str(root / "models" / "sft"), "--judges", str(root / "models" / "judges"), "--out",
+                               str(models / "sft"), "--judges", str(models / "judges"), "--out",
                                str(root / "data" / "patchdpo"), "--reports", str(root / "reports" / "patchdpo_data"),
                                "--metrics", str(root / "metrics" / "patchdpo_data.json")]) == 0
     return root, data

@@ -11,7 +11,6 @@ import pytest
 import torch
 import yaml
 
-from components import judges as judges_stage
 from components import rl
 from components.grpo.collect import Collector
 from components.grpo.probe import Probe
@@ -28,21 +27,9 @@ TINY = {**TINY_RL, "steps": 6, "probe_rows": 4, "lr": 1e-3, "lora_rank": 4}
 
 
 @pytest.fixture(scope="module")
-def world(judge_world, tmp_path_factory):
+def world(judged_world):
     """Tiny judges trained on the shared world, and a tiny 'SFT' generator folder."""
-    data = judge_world[0]
-    root = tmp_path_factory.mktemp("rl")
-    params = default_params()
-    params["judges"].update(TINY_JUDGES)
-    params["judges"]["grounding_threshold"] = 1e-6  # 5-step judges: always answer, so the rewards vary
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert judges_stage.main(["--params", str(root / "params.yaml"), "--data", str(data), "--out",
-                              str(root / "models" / "judges"), "--reports", str(root / "reports" / "judges"),
-                              "--metrics", str(root / "metrics" / "judges.json")]) == 0
-    sft = SubjectGenerator.tiny(**SMALL_GEN, seed=5)
-    sft.save_pretrained(root / "models" / "sft")
-    SamplingSettings(steps=2, guidance=2.5, precision="bf16").save(root / "models" / "sft")
-    return root, data
+    return judged_world
 
 
 def _rl(root, data, name, **cfg):
