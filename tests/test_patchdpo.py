@@ -1,6 +1,7 @@
 """PatchDPO: the patch-quality estimator on hand-made features and on a hand-made two-subject
 image (each subject read against its own reference), the weights, the loss on hand-made tensors
-(every weight 1 is flow matching; a negative weight pushes away), image-level DPO, and the two
+(every weight 1 is flow matching; a negative weight pushes away), the weights of PatchDPO and of
+its same-compute control, image-level DPO, and the two
 stages end to end on the tiny world."""
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from components.models.generator import SubjectGenerator
 from components.models.sampling import SamplingSettings
 from components.objectives.patchdpo import PairBatch, PatchDPO, dpo_loss, patch_weighted_loss
 from components.pipeline.project import default_params
-from components.preference.data import MAPS
+from components.config import load_params
+from components.preference.data import MAPS, pair_weights
 from components.preference.quality import paint, patch_quality, quality_maps, reference_weights, weights
 from tests.conftest import TINY_JUDGES
 from tests.test_pretrain import SMALL_GEN
@@ -56,8 +58,10 @@ def test_weights_good_positive_bad_negative_and_clamped_background_as_set():
     assert w[0, 0] == pytest.approx(1.0) and w[0, 1] == pytest.approx(0.5) and w[0, 2] == 0
     assert w[0, 3] == pytest.approx(-0.3) and w[0, 4] == pytest.approx(-0.3)  # clamped
     assert w[0, 5] == pytest.approx(0.7)
-    r = reference_weights(np.array([1.0, 0.25, -0.5, np.nan]))
-    assert list(r) == pytest.approx([0.0, 0.75, 1.0, 0.0])
+    assert list(weights(q, 0.5, 0.3, 0.7, subject=5.0)[0]) == pytest.approx([5, 2.5, 0, -1.5, -1.5, 0.7])
+    # the reference: 0 where the output reproduced it perfectly, 1 at the threshold, up to 1 + clamp
+    r = reference_weights(np.array([1.0, 0.75, 0.5, 0.0, np.nan]), threshold=0.5, clamp=0.3)
+    assert list(r) == pytest.approx([0.0, 0.5, 1.0, 1.3, 0.0])
 
 
 class _ColourGrounder:
@@ -115,7 +119,7 @@ def test_the_estimator_reads_each_subject_against_its_own_reference():
     assert swapped.subject[0] == right.subject[0] and swapped.subject[1] < right.subject[1] - 0.1
     assert swapped.gen[9, 23] < right.gen[9, 23] - 0.1 and swapped.gen[9, 7] == right.gen[9, 7]
     # the reference weights: high on the reference the output failed to reproduce
-    assert reference_weights(swapped.refs[1]).max() > reference_weights(right.refs[1]).max() + 0.2
+    assert np.nanmin(swapped.refs[1]) < np.nanmin(right.refs[1]) - 0.2
     # a subject the grounder misses counts 0 and has no maps
     missing = quality_maps(judges, [_square(red, (2, 4, 12, 14))], meta[:1])[0]
     assert list(missing.found) == [True, False] and missing.subject[1] == 0 and np.isnan(missing.refs[1]).all()
@@ -207,11 +211,19 @@ def test_the_data_stage_draws_scores_and_weights_training_rows(world):
     manifest = pd.read_parquet(out / "manifest.parquet")
     assert len(manifest) == 12 and manifest.row.nunique() == 6 and set(manifest["sample"]) == {0, 1}
     assert manifest.row.str.startswith("multi").all()  # training rows, never the benchmark's
-    maps = np.load(out / MAPS)
-    assert maps["gen_weight"].shape == (12, 32, 32) and maps["ref_weight"].shape == (12, 4, 32, 32)
+    maps = dict(np.load(out / MAPS))
+    assert maps["quality"].shape == (12, 32, 32) and maps["ref_quality"].shape == (12, 4, 32, 32)
     m = json.loads((root / "metrics" / "patchdpo_data.json").read_text())
     assert m["samples"] == 12 and 0 <= m["bad_pixel_share"] <= 1 and m["found_rate"] > 0
-    assert maps["gen_weight"].min() >= -0.3 - 1e-6 and maps["gen_weight"].max() <= 1.0
+    cfg = load_params(root / "params.yaml").patchdpo
+    threshold = json.loads((out / "calibration.json").read_text())["threshold"]
+    ref_w, gen_w = pair_weights(maps, threshold, cfg, 5.0, "patch")
+    on = ~np.isnan(maps["quality"].astype(np.float32))
+    assert gen_w[on].min() >= -1.5 - 1e-5 and gen_w[on].max() <= 5.0 and (gen_w[~on] == 1.0).all()
+    assert ref_w.min() >= 0 and ref_w.max() <= 5 * 1.3 + 1e-5
+    assert (ref_w[np.isnan(maps["ref_quality"].astype(np.float32))] == 0).all()  # off a reference's subject
+    ref_c, gen_c = pair_weights(maps, threshold, cfg, 5.0, "flow_matching")  # the control: SFT's weighting
+    assert set(np.unique(gen_c)) <= {1.0, 5.0} and (gen_c[on] == 5.0).all() and set(np.unique(ref_c)) <= {1.0, 5.0}
     for name in ("maps.png", "weights.png", "weights.json"):
         assert (root / "reports" / "patchdpo_data" / name).stat().st_size > 0
     # the two samples of a row differ (their own noise)
@@ -230,5 +242,5 @@ def test_the_stage_trains_with_each_objective(world, objective):
     assert any(not torch.equal(a, b) for a, b in zip(model.transformer.parameters(), sft.transformer.parameters()))
     if objective == "image_dpo":
         assert "final_accuracy" in m and "rows_tied" in m
-    else:
-        assert ("final_negative_share" in m) == (objective == "patch")
+    elif objective == "flow_matching":  # the control never pushes away
+        assert m["final_negative_share"] == 0

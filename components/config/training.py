@@ -350,10 +350,12 @@ class PatchDPOParams(StageTrainingParams):
         0.3, description="Negative weights of bad generated patches are clamped at -this (the loss is unbounded "
                          "below without it).")
     background_weight: Annotated[float, Field(ge=0)] = Field(
-        1.0, description="Weight of the generated image's pixels off every subject.")
+        1.0, description="Weight of the generated image's pixels off every subject (the subjects' weights are "
+                         "times training.subject_weight, as in SFT).")
     objective: Literal["patch", "flow_matching", "image_dpo"] = Field(
-        "patch", description="patch: PatchDPO's patch-weighted loss; flow_matching: the same pairs with every weight "
-                             "1 (the same-compute control); image_dpo: image-level Diffusion-DPO on the two samples of "
+        "patch", description="patch: PatchDPO's patch-weighted loss; flow_matching: the same pairs weighted as SFT's "
+                             "flow matching weighs pixels (subjects training.subject_weight, the rest 1: the "
+                             "same-compute control); image_dpo: image-level Diffusion-DPO on the two samples of "
                              "a row, ranked by their image-level patch quality.")
     beta: Annotated[float, Field(gt=0)] = Field(
         500.0, description="Diffusion-DPO's beta (image_dpo only), on per-sample mean squared velocity errors.")

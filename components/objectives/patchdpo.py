@@ -16,8 +16,9 @@ weighted regression, normalised by the element count as the released code does.
 Weighting over t: the trainer's logit-normal t and the plain velocity error, exactly as SFT
 trains. The faithful port of an epsilon-MSE is ``(1 - t)^2`` times the velocity MSE, which would
 all but silence the high-noise steps where a subject's layout and colours are decided; keeping
-SFT's weighting also makes the same-compute control (every weight 1) *exactly* SFT's flow-matching
-loss on the same images, so the two runs differ in the weights alone.
+SFT's weighting also makes the same-compute control (this loss with SFT's pixel weights: subjects
+``subject_weight``, the rest 1) SFT's flow matching on the same images, so the two runs differ in
+the weights alone. With every weight 1 the loss is plain flow matching (tested).
 
 **Image-level Diffusion-DPO** (Wallace et al. 2023, Eq. 14; Flow-DPO's velocity form with a
 constant beta): a winner and a loser for the same prompt and references, the policy's and the
@@ -115,8 +116,8 @@ class _PairObjective(Objective):
 
 
 class PatchDPO(_PairObjective):
-    """PatchDPO's patch-weighted loss (module docstring); ``weighted=False`` sets every weight to
-    1: plain flow matching on the same pairs, the same-compute control. Terms: ``mse_first`` and
+    """PatchDPO's patch-weighted loss (module docstring) with the batch's weights; ``weighted=False``
+    sets every weight to 1 (plain, unweighted flow matching on the pairs). Terms: ``mse_first`` and
     ``mse_second`` (unweighted), ``negative_share`` (the share of the second image's elements
     with a negative weight)."""
 

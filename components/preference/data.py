@@ -8,12 +8,17 @@ subject's own reference (``quality.py``). The threshold between good and bad pat
 calibrated on the rows' own targets (bootstrapped images whose subjects passed the consistency
 filter): the ``good_quantile`` of their patch qualities. Weights:
 
-- generated image: ``(q - tau) / (1 - tau)``, clamped to ``[-negative_clamp, 1]``, on its subjects;
-  ``background_weight`` elsewhere;
-- each reference: ``1 - q_ref`` on its subject (its patches the output lost weigh most), 0 elsewhere.
+- generated image: ``M_gen = (q - tau) / (1 - tau)``, clamped to ``[-negative_clamp, 1]``, on its
+  subjects; ``background_weight`` elsewhere;
+- each reference: ``1 - M_ref``, its own map calibrated the same way (its patches the output lost
+  weigh most), 0 elsewhere;
+- the subjects' weights times ``training.subject_weight``, as SFT weighs subject pixels.
 
-Output ``data/patchdpo``: ``images/`` (the drawn images), ``maps.npz`` (per sample: the quality map
-and the weights of the output, the reference weight maps, per-subject quality and found flags),
+The stage stores the quality maps; the weights are derived from them where they are used
+(``pair_weights``: the patchdpo stage, this stage's reports).
+
+Output ``data/patchdpo``: ``images/`` (the drawn images), ``maps.npz`` (per sample: the quality maps of
+the output and of its references, per-subject quality and found flags),
 ``manifest.parquet`` (sample id, source row, sample number, image, image-level quality) and
 ``calibration.json``. Reports: the weight statistics and quality maps over sample outputs.
 """
@@ -113,48 +118,65 @@ def build(params: Params, data_dir: Path, init: Path, judges_dir: Path, out: Pat
             records.append({"id": f"{rows.ids[i]}-s{s}", "row": rows.ids[i], "sample": int(s),
                             "image": name, "n_subjects": len(qm.subject), "found": int(qm.found.sum()),
                             "quality": round(qm.score, 5)})
-        arrays = stack_maps(maps, cal.threshold, cfg.negative_clamp, cfg.background_weight)
+        arrays = stack_maps(maps)
         np.savez_compressed(tmp / MAPS, **arrays)
         pd.DataFrame(records).to_parquet(tmp / MANIFEST, index=False)
-        (tmp / CALIBRATION).write_text(json.dumps({**cal.__dict__, "negative_clamp": cfg.negative_clamp,
-                                                   "background_weight": cfg.background_weight}, indent=2) + "\n")
-    metrics = weight_statistics(arrays, cal, cfg.negative_clamp, records)
+        (tmp / CALIBRATION).write_text(json.dumps(cal.__dict__, indent=2) + "\n")
+    ref_w, gen_w = pair_weights(arrays, cal.threshold, cfg, 1.0, "patch")  # before subject weighting: comparable
+    metrics = weight_statistics(arrays, ref_w, gen_w, cal, cfg.negative_clamp, records)
     from .report import write_reports  # plotting only here
 
-    write_reports(reports, rows.take(source), images, arrays, metrics)
+    write_reports(reports, rows.take(source), images, arrays["quality"], ref_w, gen_w, metrics)
     return metrics
 
 
-def stack_maps(maps: list[QualityMaps], threshold: float, clamp: float, background: float) -> dict[str, np.ndarray]:
-    """The per-sample arrays of ``maps.npz``: ``quality`` (N, H, W) NaN off the subjects,
-    ``gen_weight`` (N, H, W), ``ref_weight`` (N, 4, H, W) (0 past a row's references),
-    ``subject_quality`` (N, 4) and ``found`` (N, 4) (False past a row's references)."""
+def stack_maps(maps: list[QualityMaps]) -> dict[str, np.ndarray]:
+    """The per-sample arrays of ``maps.npz``: ``quality`` (N, H, W) and ``ref_quality``
+    (N, 4, H, W), NaN off the subjects (and past a row's references), ``subject_quality`` (N, 4)
+    and ``found`` (N, 4) (False past a row's references). Weights are derived from them
+    (``pair_weights``), so a changed weighting does not redraw the images."""
     n, (h, w) = len(maps), maps[0].gen.shape
-    ref_w = np.zeros((n, MAX_REFS, h, w), np.float32)
+    ref_q = np.full((n, MAX_REFS, h, w), np.nan, np.float16)
     subject, found = np.zeros((n, MAX_REFS), np.float32), np.zeros((n, MAX_REFS), bool)
     for i, qm in enumerate(maps):
         for k, r in enumerate(qm.refs):
-            ref_w[i, k] = reference_weights(r)
+            ref_q[i, k] = r
         subject[i, :len(qm.subject)], found[i, :len(qm.found)] = qm.subject, qm.found
-    quality = np.stack([qm.gen for qm in maps])
-    return {"quality": quality.astype(np.float16), "gen_weight": weights(quality, threshold, clamp, background),
-            "ref_weight": ref_w, "subject_quality": subject, "found": found}
+    return {"quality": np.stack([qm.gen for qm in maps]).astype(np.float16), "ref_quality": ref_q,
+            "subject_quality": subject, "found": found}
 
 
-def weight_statistics(arrays: dict[str, np.ndarray], cal: Calibration, clamp: float, records: list[dict]) -> dict:
-    """What the weights look like: the threshold, the share of subject pixels called bad, the
-    weights' means on and off the subjects, the references' weights, and the grounder's finds."""
+def pair_weights(arrays: dict[str, np.ndarray], threshold: float, cfg, subject_weight: float,
+                 objective: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel weights (references (N, 4, H, W), outputs (N, H, W)) of ``objective``:
+    ``patch``: PatchDPO's (``1 - M_ref`` on each reference's subject, 0 off it; ``M_gen`` on the
+    output's subjects, ``background_weight`` off them), the subjects' weights times
+    ``subject_weight`` as SFT weighs subject pixels; ``flow_matching``: the flow matching SFT
+    trains with, on the same pixels: ``subject_weight`` on the subjects, 1 elsewhere."""
+    q, q_ref = arrays["quality"].astype(np.float32), arrays["ref_quality"].astype(np.float32)
+    if objective == "flow_matching":
+        return (np.where(np.isnan(q_ref), 1.0, subject_weight).astype(np.float32),
+                np.where(np.isnan(q), 1.0, subject_weight).astype(np.float32))
+    return (reference_weights(q_ref, threshold, cfg.negative_clamp, subject_weight),
+            weights(q, threshold, cfg.negative_clamp, cfg.background_weight, subject_weight))
+
+
+def weight_statistics(arrays: dict[str, np.ndarray], ref_w: np.ndarray, gen_w: np.ndarray, cal: Calibration,
+                      clamp: float, records: list[dict]) -> dict:
+    """What the maps and weights look like: the threshold, the share of subject pixels called bad
+    (and clamped), the weights' means on the subjects (before ``subject_weight``), the references'
+    weights, and the grounder's finds."""
     q = arrays["quality"].astype(np.float32)
     on = ~np.isnan(q)
-    w = arrays["gen_weight"]
-    ref_on = arrays["ref_weight"] > 0
+    ref_on = ~np.isnan(arrays["ref_quality"].astype(np.float32))
     n_subjects = sum(r["n_subjects"] for r in records)
+
+    def mean(x):
+        return round(float(x.mean()), 4) if x.size else None
     return {"samples": len(records), "rows": len({r["row"] for r in records}),
             "threshold": round(cal.threshold, 4), "target_quality": round(cal.target_quality, 4),
-            "generated_quality": round(float(q[on].mean()), 4) if on.any() else None,
-            "bad_pixel_share": round(float((w[on] < 0).mean()), 4) if on.any() else None,
-            "clamped_pixel_share": round(float((w[on] <= -clamp).mean()), 4) if on.any() else None,
-            "subject_weight_mean": round(float(w[on].mean()), 4) if on.any() else None,
-            "reference_weight_mean": round(float(arrays["ref_weight"][ref_on].mean()), 4) if ref_on.any() else None,
+            "generated_quality": mean(q[on]), "bad_pixel_share": mean(gen_w[on] < 0),
+            "clamped_pixel_share": mean(gen_w[on] <= -clamp), "subject_weight_mean": mean(gen_w[on]),
+            "reference_weight_mean": mean(ref_w[ref_on]),
             "found_rate": round(sum(r["found"] for r in records) / max(n_subjects, 1), 4),
             "image_quality_mean": round(float(np.mean([r["quality"] for r in records])), 4)}

@@ -112,15 +112,21 @@ def calibrate(good: np.ndarray, quantile: float) -> float:
     return float(np.quantile(good, quantile))
 
 
-def weights(q: np.ndarray, threshold: float, clamp: float, background: float) -> np.ndarray:
-    """PatchDPO's generated-image weights from a quality map ``q`` (NaN off the subjects):
-    ``(q - threshold) / (1 - threshold)``, positive for good patches (1 for a perfect one),
-    negative for bad ones and clamped at ``-clamp``; ``background`` off the subjects."""
-    w = np.clip((q - threshold) / max(1.0 - threshold, 1e-6), -clamp, 1.0)
-    return np.where(np.isnan(q), background, w).astype(np.float32)
+def _calibrated(q: np.ndarray, threshold: float, clamp: float) -> np.ndarray:
+    """``(q - threshold) / (1 - threshold)`` clamped to ``[-clamp, 1]``: 1 for a perfect patch, 0 at
+    the threshold, negative below it."""
+    return np.clip((q - threshold) / max(1.0 - threshold, 1e-6), -clamp, 1.0)
 
 
-def reference_weights(q_ref: np.ndarray) -> np.ndarray:
-    """The reference image's weights: ``1 - q_ref`` on its subject (clipped to [0, 1]), so the
-    reference patches the output failed to reproduce weigh most; 0 off the subject."""
-    return np.where(np.isnan(q_ref), 0.0, 1.0 - np.clip(q_ref, 0.0, 1.0)).astype(np.float32)
+def weights(q: np.ndarray, threshold: float, clamp: float, background: float, subject: float = 1.0) -> np.ndarray:
+    """PatchDPO's generated-image weights ``M_gen`` from a quality map ``q`` (NaN off the
+    subjects): the calibrated quality (positive for good patches, 1 for a perfect one, negative
+    for bad ones, clamped at ``-clamp``) times ``subject`` on the subjects; ``background`` off them."""
+    return np.where(np.isnan(q), background, _calibrated(q, threshold, clamp) * subject).astype(np.float32)
+
+
+def reference_weights(q_ref: np.ndarray, threshold: float, clamp: float, subject: float = 1.0) -> np.ndarray:
+    """The reference image's weights ``1 - M_ref``, ``M_ref`` its quality map calibrated as the
+    generated image's: 0 for a patch the output reproduced perfectly, 1 at the threshold, up to
+    ``1 + clamp`` for one it lost; times ``subject`` on the subject, 0 off it."""
+    return np.where(np.isnan(q_ref), 0.0, (1.0 - _calibrated(q_ref, threshold, clamp)) * subject).astype(np.float32)

@@ -5,8 +5,9 @@ starting model does.
 A pair shares a row's prompt and references (in context for both images):
 
 - ``patch`` and ``flow_matching``: first = one reference image of the row (a subject the grounder
-  found in the output, drawn per batch), weighted by ``1 - q_ref``; second = the model's own
-  image, weighted by its patch weights. ``flow_matching`` sets every weight to 1 (the control).
+  found in the output, drawn per batch), weighted by ``1 - M_ref``; second = the model's own
+  image, weighted by ``M_gen`` (``data.pair_weights``). ``flow_matching`` weighs the same pixels as
+  SFT's flow matching does (subjects ``training.subject_weight``, the rest 1): the control.
 - ``image_dpo``: the row's two samples, the one of higher image-level quality the winner; rows
   whose two samples are within ``min_gap`` make no pair.
 """
@@ -33,7 +34,7 @@ from ..objectives.patchdpo import ImageDPO, PairBatch, PatchDPO
 from ..pipeline.tracking import StepLogger
 from ..training.fit import checkpoint_folder, data_digest, fingerprint, sample_grid
 from ..training.loop import LoopConfig, Trainer, process_state
-from .data import CALIBRATION, MAPS
+from .data import CALIBRATION, MAPS, pair_weights
 
 
 @dataclass
@@ -82,7 +83,8 @@ def load_pairs(params: Params, pairs_dir: Path, data_dir: Path, model: SubjectGe
         first_idx = second_idx = usable
         row_idx = np.array([where[r] for r in manifest.row.iloc[usable]], int)
         info.update(pairs=len(usable), samples_without_subject=int(len(manifest) - len(usable)))
-        first_w, second_w = arrays["ref_weight"], arrays["gen_weight"]
+        threshold = json.loads((pairs_dir / CALIBRATION).read_text())["threshold"]
+        first_w, second_w = pair_weights(arrays, threshold, cfg, params.training.subject_weight, cfg.objective)
     out = PairSet({}, {}, {}, {}, {}, {}, {}, {})
     counts = np.array([len(rows.refs[i]) for i in row_idx])
     for k in np.unique(counts):
@@ -144,7 +146,7 @@ def run_patchdpo(params: Params, paths) -> dict:
     if cfg.objective == "image_dpo":
         objective = ImageDPO(cfg.beta, FrozenReference(model), **dropout)
     else:
-        objective = PatchDPO(weighted=cfg.objective == "patch", **dropout)
+        objective = PatchDPO(**dropout)  # patch and its control differ in their weights (pair_weights)
     fp = fingerprint("patchdpo", cfg.model_dump(), tc.model_dump(exclude={"compile"}), data_digest(paths.pairs),
                      data_digest(paths.data), folder_hash(paths.init))
     checkpoints = checkpoint_folder(paths.checkpoints, "patchdpo", fp)
