@@ -125,7 +125,8 @@ class EvaluateParams(Section):
     references (`wild`) and the serial set (`serial`)."""
 
     generators: list[str] = Field(
-        default_factory=lambda: ["oracle", "copy_paste", "background_only", "noise", "pretrain", "sft", "sft_std", "rl"],
+        default_factory=lambda: ["oracle", "copy_paste", "background_only", "noise", "pretrain", "sft", "sft_std", "rl",
+                                 "patchdpo"],
         min_length=1,
         description=f"Generators to score, each once: reference generators by name {list(REFERENCE_GENERATORS)} and "
                     "trained ones by their folder under models/: one a dvc.yaml stage produces (pretrain, sft, ...) "
@@ -143,7 +144,7 @@ class EvaluateParams(Section):
     sample_precision: Literal["fp32", "bf16"] | None = Field(
         None, description="Sampling precision of every trained generator (None = what each one's folder records).")
     compare: list[tuple[str, str]] = Field(
-        default_factory=lambda: [("pretrain", "sft"), ("sft", "rl"), ("sft", "sft_std")],
+        default_factory=lambda: [("pretrain", "sft"), ("sft", "rl"), ("sft", "sft_std"), ("sft", "patchdpo")],
         description="Pairs [baseline, candidate] of scored generators whose per-row differences are bootstrapped "
                     "(paired: the same bench rows) into a mean and 95% interval per subset and dimension.")
     bootstrap: Annotated[int, Field(ge=100)] = Field(2000, description="Bootstrap resamples of each comparison.")
