@@ -151,8 +151,12 @@ def numeric_metrics(metrics: dict) -> dict[str, float]:
     return out
 
 
+DATASET_COLUMNS = ("id", "split", "subset", "prompt", "n_subjects", "target", "row", "sample", "image", "quality")
+
+
 def _log_datasets(root: Path, info: StageInfo) -> int:
     import pandas as pd
+    import pyarrow.parquet as pq
 
     outs, deps = locked_outs(root, info.name), locked_deps(root, info.name)
     n = 0
@@ -160,7 +164,10 @@ def _log_datasets(root: Path, info: StageInfo) -> int:
         manifest = root / rel / MANIFEST
         if not manifest.exists():
             continue
-        df = pd.read_parquet(manifest, columns=["id", "split", "subset", "prompt", "n_subjects", "target"])
+        # a dataset's own columns among these (a synthesized split has them all; data/patchdpo
+        # names its images and their source rows instead)
+        present = set(pq.read_schema(manifest).names)
+        df = pd.read_parquet(manifest, columns=[c for c in DATASET_COLUMNS if c in present])
         digest = hashes.get(rel, "").removesuffix(".dir") or None
         with warnings.catch_warnings():
             # MLflow registers the local source class twice and hints about int columns: noise.
