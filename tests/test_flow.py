@@ -70,10 +70,10 @@ def test_first_run_runs_every_stage_and_records_it(project):
     assert syn.data.params["synthesize.single"] == str(tiny_params()["synthesize"]["single"])
     assert syn.data.metrics["multi.samples"] == tiny_params()["synthesize"]["multi"]
     grids = {a.path for a in client.list_artifacts(syn.info.run_id, "reports/synthesize")}
-    assert grids == {f"reports/synthesize/grid_{s}.png" for s in ("single", "standardize", "multi", "bench")}
+    assert grids == {f"reports/synthesize/grid_{s}.png" for s in ("single", "standardize", "multi", "bench", "wild", "serial")}
     inputs = {(d.dataset.name, d.dataset.digest) for d in syn.inputs.dataset_inputs}
     outs = lineage.locked_outs(root, "synthesize")
-    assert inputs == {(s, outs[f"data/{s}"].removesuffix(".dir")) for s in ("single", "standardize", "multi", "bench")}
+    assert inputs == {(s, outs[f"data/{s}"].removesuffix(".dir")) for s in ("single", "standardize", "multi", "bench", "wild", "serial")}
     val = kids["validate"]
     assert val.data.params["validate.decode_images"] == "True"
     assert val.data.metrics["success"] == 1.0
