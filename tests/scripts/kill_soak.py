@@ -39,7 +39,8 @@ STAGES = {
     "judges": ["--data", "data", "--out", "models/judges", "--reports", "reports/judges"],
     "pretrain": ["--data", "data/single", "--out", "models/pretrain", "--reports", "reports/pretrain",
                  "--checkpoints", ".checkpoints"],
-    "sft": ["--data", "data/multi", "--single", "data/single", "--init", "models/pretrain", "--out", "models/sft",
+    "sft": ["--data", "data/multi", "--single", "data/single", "--init", "models/pretrain",
+            "--standardizer", "models/standardizer", "--out", "models/sft",
             "--reports", "reports/sft", "--checkpoints", ".checkpoints"],
 }
 
