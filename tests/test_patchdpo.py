@@ -120,9 +120,11 @@ def test_the_estimator_reads_each_subject_against_its_own_reference():
     assert swapped.gen[9, 23] < right.gen[9, 23] - 0.1 and swapped.gen[9, 7] == right.gen[9, 7]
     # the reference weights: high on the reference the output failed to reproduce
     assert np.nanmin(swapped.refs[1]) < np.nanmin(right.refs[1]) - 0.2
-    # a subject the grounder misses counts 0 and has no maps
+    # a subject the grounder misses in the output counts 0, and all of its reference was lost:
+    # quality 0 over the reference's subject, nothing off it
     missing = quality_maps(judges, [_square(red, (2, 4, 12, 14))], meta[:1])[0]
-    assert list(missing.found) == [True, False] and missing.subject[1] == 0 and np.isnan(missing.refs[1]).all()
+    assert list(missing.found) == [True, False] and missing.subject[1] == 0
+    assert missing.refs[1][16, 16] == 0 and np.isnan(missing.refs[1][1, 1]) and np.nanmax(missing.refs[1]) == 0
 
 
 def test_every_weight_one_is_flow_matching():

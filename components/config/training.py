@@ -352,6 +352,10 @@ class PatchDPOParams(StageTrainingParams):
     background_weight: Annotated[float, Field(ge=0)] = Field(
         1.0, description="Weight of the generated image's pixels off every subject (the subjects' weights are "
                          "times training.subject_weight, as in SFT).")
+    normalize_weights: bool = Field(
+        False, description="patch: scale the subjects' weights of the outputs and of the references so that each "
+                           "averages training.subject_weight over the pairs, as the control's do: the patch map then "
+                           "moves where the loss looks, not how much of it there is.")
     objective: Literal["patch", "flow_matching", "image_dpo"] = Field(
         "patch", description="patch: PatchDPO's patch-weighted loss; flow_matching: the same pairs weighted as SFT's "
                              "flow matching weighs pixels (subjects training.subject_weight, the rest 1: the "

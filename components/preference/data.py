@@ -151,14 +151,21 @@ def pair_weights(arrays: dict[str, np.ndarray], threshold: float, cfg, subject_w
     """Per-pixel weights (references (N, 4, H, W), outputs (N, H, W)) of ``objective``:
     ``patch``: PatchDPO's (``1 - M_ref`` on each reference's subject, 0 off it; ``M_gen`` on the
     output's subjects, ``background_weight`` off them), the subjects' weights times
-    ``subject_weight`` as SFT weighs subject pixels; ``flow_matching``: the flow matching SFT
+    ``subject_weight`` as SFT weighs subject pixels (with ``normalize_weights``, scaled so that the
+    subjects' weights average ``subject_weight`` over all pairs, per image kind); ``flow_matching``: the flow matching SFT
     trains with, on the same pixels: ``subject_weight`` on the subjects, 1 elsewhere."""
     q, q_ref = arrays["quality"].astype(np.float32), arrays["ref_quality"].astype(np.float32)
     if objective == "flow_matching":
         return (np.where(np.isnan(q_ref), 1.0, subject_weight).astype(np.float32),
                 np.where(np.isnan(q), 1.0, subject_weight).astype(np.float32))
-    return (reference_weights(q_ref, threshold, cfg.negative_clamp, subject_weight),
-            weights(q, threshold, cfg.negative_clamp, cfg.background_weight, subject_weight))
+    ref_w = reference_weights(q_ref, threshold, cfg.negative_clamp, subject_weight)
+    gen_w = weights(q, threshold, cfg.negative_clamp, cfg.background_weight, subject_weight)
+    if cfg.normalize_weights:
+        for w, on in ((ref_w, ~np.isnan(q_ref)), (gen_w, ~np.isnan(q))):
+            mean = float(w[on].mean()) if on.any() else 0.0
+            if mean > 0:
+                w[on] *= subject_weight / mean
+    return ref_w, gen_w
 
 
 def weight_statistics(arrays: dict[str, np.ndarray], ref_w: np.ndarray, gen_w: np.ndarray, cal: Calibration,

@@ -8,7 +8,9 @@ self-supervised patch alignment, ``judging/encoder.py``). Then
 - ``q_gen[p] = max_j cos(f_gen[p], f_ref[j])``: how well generated patch p is explained by some
   patch of the reference (the max over all reference patches, so poses need not line up);
 - ``q_ref[j] = max_p cos(f_ref[j], f_gen[p])``: how well reference patch j is reproduced
-  somewhere in the output: low where the output lost that part of the subject.
+  somewhere in the output: low where the output lost that part of the subject, and 0 over the
+  whole subject when the grounder did not find it in the output (the output lost all of it; the
+  PSR reward counts such a subject 0 too).
 
 Each crop's patch grid is painted back onto the image it came from (``paint``), so every pixel
 of a subject gets its patch's quality; pixels of no subject stay NaN. ``weights`` turns quality
@@ -55,8 +57,8 @@ def _combine(maps: list[np.ndarray], shape) -> np.ndarray:
 @dataclass
 class QualityMaps:
     """One generated image's patch quality. ``gen``: (H, W) over the output, NaN off the
-    subjects; ``refs[k]``: (H, W) over reference k (NaN off its subject, or all NaN when subject
-    k was not found in the output); ``subject``: mean q_gen per subject (0 for a subject the
+    subjects; ``refs[k]``: (H, W) over reference k (NaN off its subject; 0 over it when subject
+    k was not found in the output; all NaN when it was not found in its reference); ``subject``: mean q_gen per subject (0 for a subject the
     grounder missed in the output, as the PSR reward counts it); ``found``: per subject."""
 
     gen: np.ndarray
@@ -90,8 +92,10 @@ def quality_maps(judges: JudgeSet, images, meta, crop_size: int = 32) -> list[Qu
         shape = img.shape[:2]
         gen_maps, ref_maps, subject, patches = [], [], np.zeros(len(cats[i]), np.float32), []
         for k in range(len(cats[i])):
-            if (i, k) not in pairs:
-                ref_maps.append(np.full(m["refs"][k].shape[:2], np.nan, np.float32))
+            if (i, k) not in pairs:  # missed in the output: none of its reference was reproduced
+                gr = per_ref[i][k]
+                ref_maps.append(paint(np.zeros(1, np.float32), gr.box, m["refs"][k].shape[:2]) if gr.found
+                                else np.full(m["refs"][k].shape[:2], np.nan, np.float32))
                 continue
             q_gen, q_ref = patch_quality(*pairs[(i, k)])
             gen_maps.append(paint(q_gen, per_out[i][k].box, shape))

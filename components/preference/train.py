@@ -5,7 +5,8 @@ starting model does.
 A pair shares a row's prompt and references (in context for both images):
 
 - ``patch`` and ``flow_matching``: first = one reference image of the row (a subject the grounder
-  found in the output, drawn per batch), weighted by ``1 - M_ref``; second = the model's own
+  found in its reference, drawn per batch; one it missed in the output has quality 0 there, so its
+  reference weighs most), weighted by ``1 - M_ref``; second = the model's own
   image, weighted by ``M_gen`` (``data.pair_weights``). ``flow_matching`` weighs the same pixels as
   SFT's flow matching does (subjects ``training.subject_weight``, the rest 1): the control.
 - ``image_dpo``: the row's two samples, the one of higher image-level quality the winner; rows
@@ -41,7 +42,8 @@ from .data import CALIBRATION, MAPS, pair_weights
 class PairSet:
     """Every pair's images in the model's space, grouped by reference count: per count k,
     ``first`` / ``second`` (n, C, S, S), their pixel weights (n, H, W), prompts, references
-    (n, k, C, S, S) and, for ``patch`` pairs, the candidate reference subjects per pair (n, 4)."""
+    (n, k, C, S, S) and, for reference-image pairs, the candidate reference subjects per pair
+    (n, k): those with a quality map over their reference."""
 
     first: dict[int, torch.Tensor]
     second: dict[int, torch.Tensor]
@@ -49,7 +51,7 @@ class PairSet:
     second_weight: dict[int, torch.Tensor]
     prompts: dict[int, list[str]]
     refs: dict[int, torch.Tensor]
-    found: dict[int, np.ndarray]
+    candidates: dict[int, np.ndarray]
     ref_images: dict[int, torch.Tensor]  # (n, k, C, S, S): the references as training images
 
     def counts(self) -> dict[int, int]:
@@ -79,7 +81,8 @@ def load_pairs(params: Params, pairs_dir: Path, data_dir: Path, model: SubjectGe
         row_idx = np.array([where[r] for r in manifest.row.iloc[first_idx]], int)
         first_w = second_w = None
     else:
-        usable = np.flatnonzero(arrays["found"].any(1))
+        has_map = ~np.isnan(arrays["ref_quality"].astype(np.float32)).all((2, 3))  # (N, 4)
+        usable = np.flatnonzero(has_map.any(1))
         first_idx = second_idx = usable
         row_idx = np.array([where[r] for r in manifest.row.iloc[usable]], int)
         info.update(pairs=len(usable), samples_without_subject=int(len(manifest) - len(usable)))
@@ -99,7 +102,7 @@ def load_pairs(params: Params, pairs_dir: Path, data_dir: Path, model: SubjectGe
             out.first[k] = model.encode_images(images[first_idx[sel]])
         else:
             out.ref_images[k] = out.refs[k]
-            out.found[k] = arrays["found"][second_idx[sel], :k]
+            out.candidates[k] = has_map[second_idx[sel], :k]
             out.first_weight[k] = torch.as_tensor(first_w[second_idx[sel], :k])
             out.second_weight[k] = torch.as_tensor(second_w[second_idx[sel]])
     info["pairs_by_ref_count"] = {str(k): v for k, v in out.counts().items()}
@@ -108,8 +111,8 @@ def load_pairs(params: Params, pairs_dir: Path, data_dir: Path, model: SubjectGe
 
 class PairDraw:
     """``make_batch``: a reference count drawn in proportion to its pairs, then ``batch_size``
-    pairs of it; for reference-image pairs, each pair's reference subject drawn among those the
-    grounder found in its output."""
+    pairs of it; for reference-image pairs, each pair's reference subject drawn among its
+    candidates."""
 
     def __init__(self, pairs: PairSet, batch_size: int):
         self.pairs, self.batch_size = pairs, batch_size
@@ -124,8 +127,7 @@ class PairDraw:
         prompts, refs = [p.prompts[k][i] for i in pick], p.refs[k][pick]
         if k not in p.ref_images:  # image-level pairs: winner, loser
             return PairBatch(p.first[k][pick], p.second[k][pick], prompts, refs)
-        found = p.found[k][pick]
-        subject = np.array([rng.choice(np.flatnonzero(f)) for f in found])
+        subject = np.array([rng.choice(np.flatnonzero(c)) for c in p.candidates[k][pick]])
         return PairBatch(p.ref_images[k][pick, subject], p.second[k][pick], prompts, refs,
                          p.first_weight[k][pick, subject], p.second_weight[k][pick])
 
