@@ -81,7 +81,7 @@ def test_first_run_runs_every_stage_and_records_it(project):
     assert "reports/validate/summary.md" in reports and "reports/validate/multi.json" in reports
     # GX data docs, built although DVC hands the stage relative paths
     assert "reports/validate/html" in reports and (root / "reports" / "validate" / "html" / "index.html").is_file()
-    assert {d.dataset.name for d in val.inputs.dataset_inputs} == {"single", "standardize", "multi", "bench"}
+    assert {d.dataset.name for d in val.inputs.dataset_inputs} == {"single", "standardize", "multi", "bench", "wild", "serial"}
     judges = kids["judges"]
     for set_name in ("reward", "eval"):  # every held-out judge accuracy is in MLflow
         for key in ("encoder.retrieval_top1", "grounder.mean_iou", "grounder.miss_rate", "semantic.background_acc",
