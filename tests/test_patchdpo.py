@@ -6,6 +6,7 @@ stages end to end on the tiny world."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ from components.objectives.patchdpo import PairBatch, PatchDPO, dpo_loss, patch_
 from components.pipeline.project import default_params
 from components.config import load_params
 from components.preference.data import MAPS, pair_weights
+from components.preference.train import load_pairs
 from components.preference.quality import paint, patch_quality, quality_maps, reference_weights, weights
 from tests.conftest import TINY_JUDGES
 from tests.test_pretrain import SMALL_GEN
@@ -246,3 +248,38 @@ def test_the_stage_trains_with_each_objective(world, objective):
         assert "final_accuracy" in m and "rows_tied" in m
     elif objective == "flow_matching":  # the control never pushes away
         assert m["final_negative_share"] == 0
+
+
+def test_missed_subjects_and_normalized_weights(world, tmp_path):
+    """A subject missed in the output (quality 0 over its reference, the most weight: the
+    estimator test) is a pair's reference candidate only with ``missed_references``;
+    ``normalize_weights`` scales the subjects' weights to average ``subject_weight`` per image kind."""
+    root, data = world
+    out = tmp_path / "pairs"
+    shutil.copytree(root / "data" / "patchdpo", out)
+    maps = dict(np.load(out / MAPS))
+    assert maps["found"][:, 0].all()  # the tiny world's grounder finds every first subject
+    # the first subject of the first three samples missed in the output, as the estimator stores it
+    ref_q = maps["ref_quality"].astype(np.float32)
+    maps["found"][:3, 0] = False
+    ref_q[:3, 0] = np.where(np.isnan(ref_q[:3, 0]), np.nan, 0.0)
+    maps["ref_quality"] = ref_q.astype(np.float16)
+    np.savez_compressed(out / MAPS, **maps)
+    has_map = ~np.isnan(ref_q).all((2, 3))
+    params = load_params(root / "params.yaml")
+    model = SubjectGenerator.from_pretrained(root / "models" / "sft")
+    counts = {}
+    for flag in (False, True):
+        p = params.model_copy(update={"patchdpo": params.patchdpo.model_copy(update={"missed_references": flag})})
+        pairs, info = load_pairs(p, out, data / "multi", model)
+        counts[flag] = (info["pairs"], int(sum(c.sum() for c in pairs.candidates.values())))
+    assert counts[False] == (int(maps["found"].any(1).sum()), int(maps["found"].sum()))
+    assert counts[True] == (int(has_map.any(1).sum()), int(has_map.sum())) and counts[True][1] == counts[False][1] + 3
+    threshold = json.loads((out / "calibration.json").read_text())["threshold"]
+    ref_w, gen_w = pair_weights(maps, threshold, params.patchdpo, 5.0, "patch")
+    assert np.nanmax(np.where(ref_q[:3, 0] == 0, ref_w[:3, 0], np.nan)) == pytest.approx(5 * 1.3)  # lost: the most
+    cfg = params.patchdpo.model_copy(update={"normalize_weights": True})
+    ref_w, gen_w = pair_weights(maps, threshold, cfg, 5.0, "patch")
+    on, ref_on = ~np.isnan(maps["quality"].astype(np.float32)), ~np.isnan(ref_q)
+    assert gen_w[on].mean() == pytest.approx(5.0, rel=1e-3) and ref_w[ref_on].mean() == pytest.approx(5.0, rel=1e-3)
+    assert (gen_w[~on] == params.patchdpo.background_weight).all()

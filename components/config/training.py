@@ -352,6 +352,10 @@ class PatchDPOParams(StageTrainingParams):
     background_weight: Annotated[float, Field(ge=0)] = Field(
         1.0, description="Weight of the generated image's pixels off every subject (the subjects' weights are "
                          "times training.subject_weight, as in SFT).")
+    missed_references: bool = Field(
+        False, description="patch and its control: also train on the references of subjects the grounder missed in "
+                           "the output (quality 0 over them, so they weigh most); off, a pair's reference is one of "
+                           "the subjects found in its output.")
     normalize_weights: bool = Field(
         False, description="patch: scale the subjects' weights of the outputs and of the references so that each "
                            "averages training.subject_weight over the pairs, as the control's do: the patch map then "

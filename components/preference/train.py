@@ -5,8 +5,8 @@ starting model does.
 A pair shares a row's prompt and references (in context for both images):
 
 - ``patch`` and ``flow_matching``: first = one reference image of the row (a subject the grounder
-  found in its reference, drawn per batch; one it missed in the output has quality 0 there, so its
-  reference weighs most), weighted by ``1 - M_ref``; second = the model's own
+  found in the output, drawn per batch; with ``missed_references`` also one it missed there, whose
+  reference has quality 0 and so weighs most), weighted by ``1 - M_ref``; second = the model's own
   image, weighted by ``M_gen`` (``data.pair_weights``). ``flow_matching`` weighs the same pixels as
   SFT's flow matching does (subjects ``training.subject_weight``, the rest 1): the control.
 - ``image_dpo``: the row's two samples, the one of higher image-level quality the winner; rows
@@ -82,7 +82,8 @@ def load_pairs(params: Params, pairs_dir: Path, data_dir: Path, model: SubjectGe
         first_w = second_w = None
     else:
         has_map = ~np.isnan(arrays["ref_quality"].astype(np.float32)).all((2, 3))  # (N, 4)
-        usable = np.flatnonzero(has_map.any(1))
+        candidates = has_map if cfg.missed_references else has_map & arrays["found"]
+        usable = np.flatnonzero(candidates.any(1))
         first_idx = second_idx = usable
         row_idx = np.array([where[r] for r in manifest.row.iloc[usable]], int)
         info.update(pairs=len(usable), samples_without_subject=int(len(manifest) - len(usable)))
@@ -102,7 +103,7 @@ def load_pairs(params: Params, pairs_dir: Path, data_dir: Path, model: SubjectGe
             out.first[k] = model.encode_images(images[first_idx[sel]])
         else:
             out.ref_images[k] = out.refs[k]
-            out.candidates[k] = has_map[second_idx[sel], :k]
+            out.candidates[k] = candidates[second_idx[sel], :k]
             out.first_weight[k] = torch.as_tensor(first_w[second_idx[sel], :k])
             out.second_weight[k] = torch.as_tensor(second_w[second_idx[sel]])
     info["pairs_by_ref_count"] = {str(k): v for k, v in out.counts().items()}
