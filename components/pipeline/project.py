@@ -41,7 +41,7 @@ PROFILES: dict[str, dict] = {
         "rl": {"steps": 6, "probe_every": 3, "checkpoint_every": 3, "group_size": 3, "groups_per_batch": 2,
                "batches": 1, "grad_accum": 1, "rollout_steps": 4, "window_size": 1, "window_range": [0, 2],
                "probe_rows": 4},
-        "patchdpo": {**_QUICK_TRAIN, "rows": 16},
+        "patchdpo": {**_QUICK_TRAIN, "rows": 8, "steps": 10, "sample_every": 10, "checkpoint_every": 10},
         "evaluate": {"per_subset": 2, "grid_rows": 2},
         "promote": {"floors": {"SC": 0.0, "SA": 0.0, "AES": 0.0}},
         "pipeline": {"system_metrics_seconds": 5},
