@@ -152,8 +152,9 @@ def pair_weights(arrays: dict[str, np.ndarray], threshold: float, cfg, subject_w
     ``patch``: PatchDPO's (``1 - M_ref`` on each reference's subject, 0 off it; ``M_gen`` on the
     output's subjects, ``background_weight`` off them), the subjects' weights times
     ``subject_weight`` as SFT weighs subject pixels (with ``normalize_weights``, scaled so that the
-    subjects' weights average ``subject_weight`` over all pairs, per image kind); ``flow_matching``: the flow matching SFT
-    trains with, on the same pixels: ``subject_weight`` on the subjects, 1 elsewhere."""
+    subjects' weights average ``subject_weight`` over all pairs, per image kind); ``flow_matching``:
+    the flow matching SFT trains with, on the same pixels: ``subject_weight`` on the subjects, 1
+    elsewhere."""
     q, q_ref = arrays["quality"].astype(np.float32), arrays["ref_quality"].astype(np.float32)
     if objective == "flow_matching":
         return (np.where(np.isnan(q_ref), 1.0, subject_weight).astype(np.float32),

@@ -58,8 +58,9 @@ def _combine(maps: list[np.ndarray], shape) -> np.ndarray:
 class QualityMaps:
     """One generated image's patch quality. ``gen``: (H, W) over the output, NaN off the
     subjects; ``refs[k]``: (H, W) over reference k (NaN off its subject; 0 over it when subject
-    k was not found in the output; all NaN when it was not found in its reference); ``subject``: mean q_gen per subject (0 for a subject the
-    grounder missed in the output, as the PSR reward counts it); ``found``: per subject."""
+    k was not found in the output; all NaN when it was not found in its reference); ``subject``:
+    mean q_gen per subject (0 for a subject the grounder missed in the output, as the PSR reward
+    counts it); ``found``: per subject."""
 
     gen: np.ndarray
     refs: list[np.ndarray]

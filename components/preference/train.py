@@ -43,7 +43,8 @@ class PairSet:
     """Every pair's images in the model's space, grouped by reference count: per count k,
     ``first`` / ``second`` (n, C, S, S), their pixel weights (n, H, W), prompts, references
     (n, k, C, S, S) and, for reference-image pairs, the candidate reference subjects per pair
-    (n, k): those with a quality map over their reference."""
+    (n, k): those found in the output (with ``missed_references``, every subject with a quality
+    map over its reference)."""
 
     first: dict[int, torch.Tensor]
     second: dict[int, torch.Tensor]

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from components.config import load_params
 from components.data.grids import load_rgb
@@ -41,7 +40,7 @@ def main(old: Path, data: Path, judges_dir: Path, new: Path, params_file: Path =
     np.savez_compressed(new / MAPS, **stack_maps(maps))
     shutil.copy2(old / CALIBRATION, new / CALIBRATION)
     manifest = manifest.assign(found=[int(qm.found.sum()) for qm in maps], quality=[round(qm.score, 5) for qm in maps])
-    pd.DataFrame(manifest).to_parquet(new / MANIFEST, index=False)
+    manifest.to_parquet(new / MANIFEST, index=False)
     print(f"{len(maps)} samples re-scored into {new}")
 
 
