@@ -15,11 +15,11 @@ from pydantic import ValidationError
 from components import multisubject, world
 from components.bootstrap import pairs, redraw
 from components.bootstrap.pairs import pair_status
-from components.bootstrap.redraw import isolate, keep_in_place
+from components.bootstrap.redraw import keep_in_place
 from components.config import Params
 from components.data.grids import load_rgb
 from components.data.manifest import read_manifest
-from components.judging.base import JudgeSet
+from components.judging.base import JudgeSet, isolate
 from components.multisubject import MultisubjectPaths
 from components.pipeline.stage import DataValidationError
 from components.world.render import Scene

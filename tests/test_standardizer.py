@@ -20,6 +20,7 @@ from components.models.generator import SubjectGenerator
 from components.models.sampling import SamplingSettings, prepare_references
 from components.models.standardizer import FOLDER, Standardizer
 from components.pipeline.project import default_params
+from components.training.fit import load_pairs
 from tests.conftest import TINY_JUDGES, TINY_TRAIN, set_training
 from tests.test_pretrain import SMALL_GEN
 
@@ -183,6 +184,48 @@ def test_sft_trains_on_the_references_sampling_would_hand_it(std_folder, tmp_pat
     assert all(np.array_equal(a, b) for r, e in zip(captured["refs"], expected) for a, b in zip(r, e))
     assert captured["std"] is not None
     assert SubjectGenerator.from_pretrained(tmp_path / "out").standardizer is not None
+
+
+def test_sft_standardizes_each_target_s_own_subject_unless_told_the_reference(std_folder, tmp_path, monkeypatch,
+                                                                              judge_world):
+    """sft.standardize_from: target hands run_fit the pairs with reference k replaced by subject k
+    of the target, centred at multisubject.subject_size (the standardizer reads those); reference
+    leaves the dataset's own references (run_fit loads them)."""
+    from components.config import Params
+    from components.training import sft
+
+    data = judge_world[0] / "multi"
+    params = default_params()
+    params["multisubject"]["subject_size"] = 20
+    seen = {}
+    monkeypatch.setattr(sft, "run_fit", lambda *a, **k: seen.update(k) or {})
+    paths = sft.SftPaths(data=data, single=judge_world[0] / "single", init=tmp_path, standardizer=std_folder,
+                         out=tmp_path / "o", reports=tmp_path / "r", checkpoints=tmp_path / "c")
+    sft.run_sft(Params.model_validate(params), paths, standardize=True)
+    pairs, stored = seen["data"], load_pairs(data)
+    assert seen["standardizer"] == std_folder and seen["extra"]["standardize_from"] == "target"
+    assert [len(r) for r in pairs.refs] == [len(r) for r in stored.refs]
+    assert np.array_equal(pairs.targets, stored.targets) and pairs.prompts == stored.prompts
+    # each crop shows its own subject at its centre: the centre's colour is nearest subject k's
+    # mean colour in the target among the row's subjects
+    hits = total = 0
+    for target, mask, refs in zip(pairs.targets, pairs.masks, pairs.refs):
+        means = [target[mask == k + 1].astype(float).mean(0) for k in range(len(refs))]
+        for k, ref in enumerate(refs):
+            if (mask == k + 1).sum() < 4:
+                continue
+            centre = ref[14:18, 14:18].reshape(-1, 3).astype(float).mean(0)
+            hits += int(np.argmin([np.abs(centre - m).sum() for m in means]) == k)
+            total += 1
+    assert total > 40 and hits / total > 0.8
+
+    params["sft"]["standardize_from"] = "reference"
+    seen.clear()
+    sft.run_sft(Params.model_validate(params), paths, standardize=True)
+    assert seen["data"] is None and seen["standardizer"] == std_folder
+    seen.clear()
+    sft.run_sft(Params.model_validate(params), paths)  # sft.standardize_refs is off by default
+    assert seen["standardizer"] is None and seen["data"] is None
 
 
 def test_the_stage_trains_the_standardizer_and_scores_it_on_heldout_identities(judge_world, tmp_path):

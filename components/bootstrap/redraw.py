@@ -26,21 +26,10 @@ def draw_scenes(subsets: pd.Series, n: int, weights: dict[str, float], seed: int
     return np.sort(np.random.default_rng(seed).choice(len(subsets), n, replace=False, p=w / w.sum()))
 
 
-def isolate(image: np.ndarray, box: Box, subject_size: int) -> np.ndarray:
-    """The subject in ``box`` as a single-subject model's reference looks: its square crop
-    scaled to ``subject_size`` pixels, centred in an image of the same size as ``image``, the
-    surround continued from the crop's edges."""
-    h, w = image.shape[:2]
-    side = min(subject_size, h, w)
-    crop = crop_subject(image, box, size=side, pad=0.1)
-    top, left = (h - side) // 2, (w - side) // 2
-    return np.pad(crop, ((top, h - side - top), (left, w - side - left), (0, 0)), mode="edge")
-
-
 def keep_in_place(image: np.ndarray, box: Box, pad: float = 0.1) -> np.ndarray:
     """The subject in ``box`` where it sits in ``image``, alone: the box (padded by ``pad`` of its
     longer side) kept as it is, everything around it continued from the box's edges, so the other
-    subjects of the scene are gone. The in-place counterpart of :func:`isolate`."""
+    subjects of the scene are gone. The in-place counterpart of :func:`judging.base.isolate`."""
     h, w = image.shape[:2]
     x0, y0, x1, y1 = (int(v) for v in box)
     p = int(round(max(x1 - x0, y1 - y0) * pad))

@@ -216,6 +216,12 @@ class SftParams(StageTrainingParams):
     standardize_refs: bool = Field(
         False, description="SerialGen's stage II: every reference is first standardized by models/standardizer "
                            "(frozen); the model carries it, and whatever samples the model standardizes the same way.")
+    standardize_from: Literal["target", "reference"] = Field(
+        "target", description="What the standardizer reads for a training reference. target = the subject as the "
+        "pair's target renders it, isolated as the redraw's input was (multisubject.subject_size): the standard view "
+        "keeps no pose, place or background of it, the leak PSR's redraw removes. reference = PSR's redraw, drawn by "
+        "the pretrained model, a style the standardizer (trained on rendered sources) turns into blobs "
+        "(docs/experiments/serialgen.md, section 5).")
 
     ref_count_probs: dict[Annotated[int, Field(ge=1)], Annotated[float, Field(ge=0)]] = Field(
         {1: 0.2, 2: 0.2, 3: 0.25, 4: 0.35}, description="Probability of a batch with 2, 3 or 4 references; "

@@ -101,6 +101,18 @@ def crop_subject(image: np.ndarray, box: Box, size: int = 32, pad: float = 0.1) 
     return np.asarray(Image.fromarray(patch).resize((size, size), Image.BILINEAR))
 
 
+def isolate(image: np.ndarray, box: Box, subject_size: int) -> np.ndarray:
+    """The subject in ``box`` as a single-subject model's reference looks: its square crop
+    scaled to ``subject_size`` pixels, centred in an image of the same size as ``image``, the
+    surround continued from the crop's edges. PSR's bootstrapping hands it to the single-subject
+    model to redraw; SerialGen's SFT hands it to the standardizer (``training/sft.py``)."""
+    h, w = image.shape[:2]
+    side = min(subject_size, h, w)
+    crop = crop_subject(image, box, size=side, pad=0.1)
+    top, left = (h - side) // 2, (w - side) // 2
+    return np.pad(crop, ((top, h - side - top), (left, w - side - left), (0, 0)), mode="edge")
+
+
 def as_batch(images: Sequence[np.ndarray]) -> np.ndarray:
     """A list of equally sized uint8 images as one (B, H, W, 3) array."""
     return images if isinstance(images, np.ndarray) and images.ndim == 4 else np.stack(list(images))

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Params
+from ..data.manifest import read_manifest
+from ..judging.base import isolate
 from ..models.layout import load_layout
 from ..pipeline.stage import path_field
-from .fit import run_fit
+from .fit import Pairs, load_pairs, run_fit
 
 
 @dataclass
@@ -24,11 +26,28 @@ class SftPaths:
 
 def run_sft(params: Params, paths: SftPaths, name: str = "sft", standardize: bool | None = None) -> dict:
     """Fine-tune ``paths.init`` on the multi-subject pairs in ``paths.data`` with ``params.sft``;
-    ``standardize`` (None: ``sft.standardize_refs``) standardizes every reference first."""
+    ``standardize`` (None: ``sft.standardize_refs``) standardizes every reference first, read from
+    what ``sft.standardize_from`` names."""
     cfg = params.sft
     standardize = cfg.standardize_refs if standardize is None else standardize
     replay = paths.single if cfg.ref_count_probs.get(1, 0) > 0 else None
+    data = extra = None
+    if standardize and cfg.standardize_from == "target":
+        data = target_references(paths.data, params.multisubject.subject_size)
+        extra = {"standardize_from": "target", "subject_size": params.multisubject.subject_size}
     # the model expects its references as its data showed them (multisubject.recompose_layout)
     return run_fit("sft", params, paths.data, paths.out, paths.reports, paths.checkpoints, init=paths.init,
                    ref_count_probs=dict(cfg.ref_count_probs), replay=replay, reference_layout=load_layout(paths.data),
-                   standardizer=paths.standardizer if standardize else None, name=name)
+                   standardizer=paths.standardizer if standardize else None, data=data, extra=extra, name=name)
+
+
+def target_references(dataset_dir: Path, subject_size: int) -> Pairs:
+    """The dataset's pairs with reference k replaced by subject k as the target renders it (its
+    manifest box), isolated at ``subject_size`` as PSR's redraw was handed it: the standardizer's
+    input when SFT trains on standardized references from the target (``sft.standardize_from``).
+    The replayed single-subject pairs keep their rendered references."""
+    manifest = read_manifest(dataset_dir)
+    data = load_pairs(dataset_dir, manifest)
+    data.refs = [[isolate(target, tuple(int(v) for v in box), subject_size) for box in boxes]
+                 for target, boxes in zip(data.targets, manifest.boxes)]
+    return data
