@@ -64,6 +64,9 @@ def test_weights_good_positive_bad_negative_and_clamped_background_as_set():
     # the reference: 0 where the output reproduced it perfectly, 1 at the threshold, up to 1 + clamp
     r = reference_weights(np.array([1.0, 0.75, 0.5, 0.0, np.nan]), threshold=0.5, clamp=0.3)
     assert list(r) == pytest.approx([0.0, 0.5, 1.0, 1.3, 0.0])
+    # raw: 1 - the quality, clipped to [0, 1], whatever the threshold
+    raw = reference_weights(np.array([1.0, 0.75, 0.5, -0.2, np.nan]), threshold=0.5, clamp=0.3, calibrated=False)
+    assert list(raw) == pytest.approx([0.0, 0.25, 0.5, 1.0, 0.0])
 
 
 class _ColourGrounder:
@@ -283,3 +286,19 @@ def test_missed_subjects_and_normalized_weights(world, tmp_path):
     on, ref_on = ~np.isnan(maps["quality"].astype(np.float32)), ~np.isnan(ref_q)
     assert gen_w[on].mean() == pytest.approx(5.0, rel=1e-3) and ref_w[ref_on].mean() == pytest.approx(5.0, rel=1e-3)
     assert (gen_w[~on] == params.patchdpo.background_weight).all()
+    # patchdpo.subject_weight replaces training.subject_weight on the subjects of both images, and
+    # reference_weights: raw reaches the stage's pairs
+    loaded = {}
+    for sw, rw in ((None, "calibrated"), (1.0, "calibrated"), (1.0, "raw")):
+        cfg = params.patchdpo.model_copy(update={"subject_weight": sw, "reference_weights": rw})
+        pairs, _ = load_pairs(params.model_copy(update={"patchdpo": cfg}), out, data / "multi", model)
+        loaded[sw, rw] = pairs
+    k = next(iter(loaded[None, "calibrated"].first_weight))
+    five, one, raw = (loaded[key] for key in ((None, "calibrated"), (1.0, "calibrated"), (1.0, "raw")))
+    on_subject = five.second_weight[k] != params.patchdpo.background_weight
+    assert params.training.subject_weight == 5 and on_subject.any()
+    assert torch.allclose(five.second_weight[k][on_subject], 5 * one.second_weight[k][on_subject])
+    assert torch.equal(five.second_weight[k][~on_subject], one.second_weight[k][~on_subject])
+    assert torch.allclose(five.first_weight[k], 5 * one.first_weight[k])
+    assert not torch.allclose(raw.first_weight[k], one.first_weight[k])
+    assert torch.equal(raw.second_weight[k], one.second_weight[k])

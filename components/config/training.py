@@ -358,6 +358,13 @@ class PatchDPOParams(StageTrainingParams):
     background_weight: Annotated[float, Field(ge=0)] = Field(
         1.0, description="Weight of the generated image's pixels off every subject (the subjects' weights are "
                          "times training.subject_weight, as in SFT).")
+    subject_weight: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="patch and its control: the factor on the subjects' pixel weights of both images; null = "
+                          "training.subject_weight, as SFT weighs subject pixels; 1 = the paper's, the patch map alone.")
+    reference_weights: Literal["calibrated", "raw"] = Field(
+        "calibrated", description="patch: the reference's 1 - M_ref with M_ref its quality map calibrated as the "
+                                  "output's (0 for a patch the output reproduced, 1 at the threshold, up to "
+                                  "1 + negative_clamp for one it lost), or raw: 1 - the quality itself, clipped to [0, 1].")
     missed_references: bool = Field(
         False, description="patch and its control: also train on the references of subjects the grounder missed in "
                            "the output (quality 0 over them, so they weigh most); off, a pair's reference is one of "

@@ -149,7 +149,8 @@ def stack_maps(maps: list[QualityMaps]) -> dict[str, np.ndarray]:
 def pair_weights(arrays: dict[str, np.ndarray], threshold: float, cfg, subject_weight: float,
                  objective: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel weights (references (N, 4, H, W), outputs (N, H, W)) of ``objective``:
-    ``patch``: PatchDPO's (``1 - M_ref`` on each reference's subject, 0 off it; ``M_gen`` on the
+    ``patch``: PatchDPO's (``1 - M_ref`` on each reference's subject, 0 off it, ``M_ref`` calibrated
+    or raw as ``cfg.reference_weights`` says; ``M_gen`` on the
     output's subjects, ``background_weight`` off them), the subjects' weights times
     ``subject_weight`` as SFT weighs subject pixels (with ``normalize_weights``, scaled so that the
     subjects' weights average ``subject_weight`` over all pairs, per image kind); ``flow_matching``:
@@ -159,7 +160,7 @@ def pair_weights(arrays: dict[str, np.ndarray], threshold: float, cfg, subject_w
     if objective == "flow_matching":
         return (np.where(np.isnan(q_ref), 1.0, subject_weight).astype(np.float32),
                 np.where(np.isnan(q), 1.0, subject_weight).astype(np.float32))
-    ref_w = reference_weights(q_ref, threshold, cfg.negative_clamp, subject_weight)
+    ref_w = reference_weights(q_ref, threshold, cfg.negative_clamp, subject_weight, cfg.reference_weights == "calibrated")
     gen_w = weights(q, threshold, cfg.negative_clamp, cfg.background_weight, subject_weight)
     if cfg.normalize_weights:
         for w, on in ((ref_w, ~np.isnan(q_ref)), (gen_w, ~np.isnan(q))):

@@ -130,8 +130,11 @@ def weights(q: np.ndarray, threshold: float, clamp: float, background: float, su
     return np.where(np.isnan(q), background, _calibrated(q, threshold, clamp) * subject).astype(np.float32)
 
 
-def reference_weights(q_ref: np.ndarray, threshold: float, clamp: float, subject: float = 1.0) -> np.ndarray:
+def reference_weights(q_ref: np.ndarray, threshold: float, clamp: float, subject: float = 1.0,
+                      calibrated: bool = True) -> np.ndarray:
     """The reference image's weights ``1 - M_ref``, ``M_ref`` its quality map calibrated as the
     generated image's: 0 for a patch the output reproduced perfectly, 1 at the threshold, up to
-    ``1 + clamp`` for one it lost; times ``subject`` on the subject, 0 off it."""
-    return np.where(np.isnan(q_ref), 0.0, (1.0 - _calibrated(q_ref, threshold, clamp)) * subject).astype(np.float32)
+    ``1 + clamp`` for one it lost (``calibrated=False``: ``M_ref`` the quality itself, clipped to
+    [0, 1]); times ``subject`` on the subject, 0 off it."""
+    m_ref = _calibrated(q_ref, threshold, clamp) if calibrated else np.clip(q_ref, 0.0, 1.0)
+    return np.where(np.isnan(q_ref), 0.0, (1.0 - m_ref) * subject).astype(np.float32)

@@ -89,7 +89,8 @@ def load_pairs(params: Params, pairs_dir: Path, data_dir: Path, model: SubjectGe
         row_idx = np.array([where[r] for r in manifest.row.iloc[usable]], int)
         info.update(pairs=len(usable), samples_without_subject=int(len(manifest) - len(usable)))
         threshold = json.loads((pairs_dir / CALIBRATION).read_text())["threshold"]
-        first_w, second_w = pair_weights(arrays, threshold, cfg, params.training.subject_weight, cfg.objective)
+        subject_weight = params.training.subject_weight if cfg.subject_weight is None else cfg.subject_weight
+        first_w, second_w = pair_weights(arrays, threshold, cfg, subject_weight, cfg.objective)
     out = PairSet({}, {}, {}, {}, {}, {}, {}, {})
     counts = np.array([len(rows.refs[i]) for i in row_idx])
     for k in np.unique(counts):
