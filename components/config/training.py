@@ -359,8 +359,9 @@ class PatchDPOParams(StageTrainingParams):
         1.0, description="Weight of the generated image's pixels off every subject (the subjects' weights are "
                          "times training.subject_weight, as in SFT).")
     subject_weight: Annotated[float, Field(ge=0)] | None = Field(
-        None, description="patch and its control: the factor on the subjects' pixel weights of both images; null = "
-                          "training.subject_weight, as SFT weighs subject pixels; 1 = the paper's, the patch map alone.")
+        1.0, description="patch and its control: the factor on the subjects' pixel weights of both images; 1 = the "
+                         "patch map alone, as the paper; null = training.subject_weight, as SFT weighs subject pixels "
+                         "(higher SC, lower AES: docs/experiments/patchdpo.md, run 4).")
     reference_weights: Literal["calibrated", "raw"] = Field(
         "calibrated", description="patch: the reference's 1 - M_ref with M_ref its quality map calibrated as the "
                                   "output's (0 for a patch the output reproduced, 1 at the threshold, up to "
@@ -371,7 +372,7 @@ class PatchDPOParams(StageTrainingParams):
                            "the subjects found in its output.")
     normalize_weights: bool = Field(
         False, description="patch: scale the subjects' weights of the outputs and of the references so that each "
-                           "averages training.subject_weight over the pairs, as the control's do: the patch map then "
+                           "averages the subject weight (above) over the pairs, as the control's do: the patch map then "
                            "moves where the loss looks, not how much of it there is.")
     objective: Literal["patch", "flow_matching", "image_dpo"] = Field(
         "patch", description="patch: PatchDPO's patch-weighted loss; flow_matching: the same pairs weighted as SFT's "

@@ -12,7 +12,8 @@ filter): the ``good_quantile`` of their patch qualities. Weights:
   subjects; ``background_weight`` elsewhere;
 - each reference: ``1 - M_ref``, its own map calibrated the same way (its patches the output lost
   weigh most), 0 elsewhere;
-- the subjects' weights times ``training.subject_weight``, as SFT weighs subject pixels.
+- the subjects' weights times ``patchdpo.subject_weight`` (1: the patch map alone; null:
+  ``training.subject_weight``, as SFT weighs subject pixels).
 
 The stage stores the quality maps; the weights are derived from them where they are used
 (``pair_weights``: the patchdpo stage, this stage's reports).
