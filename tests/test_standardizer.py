@@ -14,6 +14,8 @@ from PIL import Image, ImageDraw
 
 from components import judges as judges_stage
 from components import standardizer as standardizer_stage
+from components.data.manifest import read_manifest
+from components.judging.base import isolate
 from components.models import conditioning
 from components.models.conditioning import POSE_DIMS, ReferenceAnalyser, ReferenceConditioner, pose_vector
 from components.models.generator import SubjectGenerator
@@ -206,6 +208,11 @@ def test_sft_standardizes_each_target_s_own_subject_unless_told_the_reference(st
     assert seen["standardizer"] == std_folder and seen["extra"]["standardize_from"] == "target"
     assert [len(r) for r in pairs.refs] == [len(r) for r in stored.refs]
     assert np.array_equal(pairs.targets, stored.targets) and pairs.prompts == stored.prompts
+    # not the dataset's own references: each is the target's subject k at its manifest box
+    assert not any(np.array_equal(a, b) for r, s in zip(pairs.refs, stored.refs) for a, b in zip(r, s))
+    manifest = read_manifest(data)
+    assert all(np.array_equal(ref, isolate(t, tuple(int(v) for v in box), 20))
+               for t, refs, boxes in zip(pairs.targets, pairs.refs, manifest.boxes) for ref, box in zip(refs, boxes))
     # each crop shows its own subject at its centre: the centre's colour is nearest subject k's
     # mean colour in the target among the row's subjects
     hits = total = 0

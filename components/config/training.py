@@ -357,7 +357,7 @@ class PatchDPOParams(StageTrainingParams):
                          "below without it).")
     background_weight: Annotated[float, Field(ge=0)] = Field(
         1.0, description="Weight of the generated image's pixels off every subject (the subjects' weights are "
-                         "times training.subject_weight, as in SFT).")
+                         "times subject_weight, below).")
     subject_weight: Annotated[float, Field(ge=0)] | None = Field(
         1.0, description="patch and its control: the factor on the subjects' pixel weights of both images; 1 = the "
                          "patch map alone, as the paper; null = training.subject_weight, as SFT weighs subject pixels "
@@ -375,9 +375,9 @@ class PatchDPOParams(StageTrainingParams):
                            "averages the subject weight (above) over the pairs, as the control's do: the patch map then "
                            "moves where the loss looks, not how much of it there is.")
     objective: Literal["patch", "flow_matching", "image_dpo"] = Field(
-        "patch", description="patch: PatchDPO's patch-weighted loss; flow_matching: the same pairs weighted as SFT's "
-                             "flow matching weighs pixels (subjects training.subject_weight, the rest 1: the "
-                             "same-compute control); image_dpo: image-level Diffusion-DPO on the two samples of "
+        "patch", description="patch: PatchDPO's patch-weighted loss; flow_matching: the same pairs with every patch "
+                             "weight 1 (subjects subject_weight, the rest 1: SFT's flow matching when subject_weight "
+                             "is null; the same-pairs control); image_dpo: image-level Diffusion-DPO on the two samples of "
                              "a row, ranked by their image-level patch quality.")
     beta: Annotated[float, Field(gt=0)] = Field(
         500.0, description="Diffusion-DPO's beta (image_dpo only), on per-sample mean squared velocity errors.")

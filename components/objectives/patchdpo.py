@@ -16,9 +16,10 @@ weighted regression, normalised by the element count as the released code does.
 Weighting over t: the trainer's logit-normal t and the plain velocity error, exactly as SFT
 trains. The faithful port of an epsilon-MSE is ``(1 - t)^2`` times the velocity MSE, which would
 all but silence the high-noise steps where a subject's layout and colours are decided; keeping
-SFT's weighting also makes the same-compute control (this loss with SFT's pixel weights: subjects
-``subject_weight``, the rest 1) SFT's flow matching on the same images, so the two runs differ in
-the weights alone. With every weight 1 the loss is plain flow matching (tested).
+SFT's weighting also makes the same-pairs control (this loss with the patch maps replaced by 1:
+subjects ``patchdpo.subject_weight``, the rest 1) flow matching on the same images as SFT trains
+(exactly SFT's loss when that weight is ``training.subject_weight``), so the two runs differ in the
+patch weights alone. With every weight 1 the loss is plain flow matching (tested).
 
 **Image-level Diffusion-DPO** (Wallace et al. 2023, Eq. 14; Flow-DPO's velocity form with a
 constant beta): a winner and a loser for the same prompt and references, the policy's and the

@@ -151,12 +151,11 @@ def pair_weights(arrays: dict[str, np.ndarray], threshold: float, cfg, subject_w
                  objective: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel weights (references (N, 4, H, W), outputs (N, H, W)) of ``objective``:
     ``patch``: PatchDPO's (``1 - M_ref`` on each reference's subject, 0 off it, ``M_ref`` calibrated
-    or raw as ``cfg.reference_weights`` says; ``M_gen`` on the
-    output's subjects, ``background_weight`` off them), the subjects' weights times
-    ``subject_weight`` as SFT weighs subject pixels (with ``normalize_weights``, scaled so that the
-    subjects' weights average ``subject_weight`` over all pairs, per image kind); ``flow_matching``:
-    the flow matching SFT trains with, on the same pixels: ``subject_weight`` on the subjects, 1
-    elsewhere."""
+    or raw as ``cfg.reference_weights`` says; ``M_gen`` on the output's subjects,
+    ``background_weight`` off them), the subjects' weights times ``subject_weight`` (with
+    ``normalize_weights``, scaled so that the subjects' weights average ``subject_weight`` over all
+    pairs, per image kind); ``flow_matching``: the patch maps replaced by 1, so ``subject_weight``
+    on the subjects and 1 elsewhere (SFT's flow matching when it is ``training.subject_weight``)."""
     q, q_ref = arrays["quality"].astype(np.float32), arrays["ref_quality"].astype(np.float32)
     if objective == "flow_matching":
         return (np.where(np.isnan(q_ref), 1.0, subject_weight).astype(np.float32),

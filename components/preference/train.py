@@ -7,8 +7,9 @@ A pair shares a row's prompt and references (in context for both images):
 - ``patch`` and ``flow_matching``: first = one reference image of the row (a subject the grounder
   found in the output, drawn per batch; with ``missed_references`` also one it missed there, whose
   reference has quality 0 and so weighs most), weighted by ``1 - M_ref``; second = the model's own
-  image, weighted by ``M_gen`` (``data.pair_weights``). ``flow_matching`` weighs the same pixels as
-  SFT's flow matching does (subjects ``patchdpo.subject_weight``, the rest 1): the control.
+  image, weighted by ``M_gen`` (``data.pair_weights``). ``flow_matching`` weighs the same pixels
+  with the patch maps replaced by 1 (subjects ``patchdpo.subject_weight``, the rest 1; SFT's
+  weighting when that is null): the control.
 - ``image_dpo``: the row's two samples, the one of higher image-level quality the winner; rows
   whose two samples are within ``min_gap`` make no pair.
 """
