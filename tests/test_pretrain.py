@@ -10,6 +10,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from components.benchmark import scoring
@@ -144,3 +145,17 @@ def test_load_pairs_reads_every_row(judge_world):
     pairs = load_pairs(judge_world[0] / "multi")
     assert len(pairs) == 40 and pairs.targets.shape == (40, 32, 32, 3)
     assert set(pairs.by_ref_count()) <= {2, 3, 4} and sum(map(len, pairs.by_ref_count().values())) == 40
+
+
+def test_a_saved_folder_does_not_depend_on_whether_the_model_encoded_a_prompt(tmp_path):
+    """A run resumed from its final checkpoint saves without having encoded anything: its folder
+    must equal the uninterrupted run's (the kill soak found the tokenizer's padding state saved)."""
+    from components.io import folder_hash
+
+    model = SubjectGenerator.tiny(**SMALL_GEN)
+    model.save_pretrained(tmp_path / "fresh")
+    model.encode_text(["the cat from image 1 on a beach"])
+    model.save_pretrained(tmp_path / "used")
+    assert folder_hash(tmp_path / "used") == folder_hash(tmp_path / "fresh")
+    back = SubjectGenerator.from_pretrained(tmp_path / "used")
+    assert torch.equal(back.encode_text(["a cat"])[0], model.encode_text(["a cat"])[0])

@@ -158,6 +158,11 @@ class SubjectGenerator(nn.Module):
             return _save_extras(self, d)
         self.transformer.save_pretrained(d / "transformer")
         self.text_encoder.save_pretrained(d / "text_encoder")
+        # Encoding sets padding and truncation on the backend tokenizer, which would be saved with it:
+        # cleared, so a folder is the same whether or not the model encoded a prompt before saving
+        # (a run resumed from its final checkpoint does not).
+        self.tokenizer.backend_tokenizer.no_truncation()
+        self.tokenizer.backend_tokenizer.no_padding()
         self.tokenizer.save_pretrained(d / "tokenizer")
         if self.vae is not None:
             self.vae.save_pretrained(d / "vae")
