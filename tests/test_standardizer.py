@@ -20,7 +20,9 @@ from components.models import conditioning
 from components.models.conditioning import POSE_DIMS, ReferenceAnalyser, ReferenceConditioner, pose_vector
 from components.models.generator import SubjectGenerator
 from components.models.sampling import SamplingSettings, prepare_references
-from components.models.standardizer import FOLDER, Standardizer
+from components.models.generator import to_model, to_uint8
+from components.models.standardizer import (FOLDER, Routes, Standardizer, box_extent, is_person, plain_background,
+                                            warp_to_standard)
 from components.pipeline.project import default_params
 from components.training.fit import load_pairs
 from tests.conftest import TINY_JUDGES, TINY_TRAIN, set_training
@@ -289,3 +291,74 @@ def test_the_logged_pyfunc_model_standardizes_through_the_same_function(std_fold
     assert image.shape == (32, 32, 3) and calls == [True]
     local = pyfunc.generate(tmp_path / "g", "the cat from image 1 in a city", [hand_drawn(5)], steps=2)
     assert np.array_equal(image, local)
+
+
+def test_is_person_reads_the_limbs_of_the_analyser_s_pose():
+    poses = torch.tensor([pose_vector(pose, 0.0) for pose in ((20.0, 20.0, 8.0, 8.0), (145.0, 145.0, 8.0, 8.0))]
+                         + [pose_vector(None, r) for r in (0.0, 35.0, 180.0)])
+    assert is_person(poses).tolist() == [True, True, False, False, False]
+
+
+def test_warping_by_the_true_mask_and_rotation_gives_the_standard_view():
+    """The object route's geometry: with the renderer's own mask and rotation, warping small,
+    off-centre, rotated objects on busy backgrounds lands close to their standard views; the
+    rotation turned the other way, or not at all, lands further."""
+    from components.config import Params
+    from components.standardize.analyser import heldout_pairs
+
+    synth = Params.model_validate(default_params()).synthesize
+    h = heldout_pairs(24, 0.0, synth, seed=3)
+    rotation = torch.rad2deg(torch.atan2(torch.tensor(h.poses[:, 8]), torch.tensor(h.poses[:, 9])))
+    turned = rotation.abs() > 20
+    assert turned.sum() >= 6  # the test needs rotated sources
+
+    def error(rot):
+        out = to_uint8(warp_to_standard(to_model(h.sources), torch.tensor(h.source_masks).float(), rot,
+                                        box_extent(h.target_masks), plain_background()))
+        return np.abs(out.astype(np.float32) - h.targets).mean(axis=(1, 2, 3)) / 255
+
+    right, raw = error(rotation), np.abs(h.sources.astype(np.float32) - h.targets).mean(axis=(1, 2, 3)) / 255
+    assert right.mean() < 0.03 and raw.mean() > 0.2
+    for wrong in (-rotation, torch.zeros_like(rotation)):
+        assert error(wrong)[turned.numpy()].mean() > 1.3 * right[turned.numpy()].mean()
+
+
+def test_objects_are_warped_by_the_analyser_s_reading_and_only_the_person_redrawn(std_folder, tmp_path, monkeypatch):
+    """Routing and warping read the standardizer's analyser, never the renderer: the images the
+    analyser takes for objects are warped by its own mask and rotation and never sampled; the
+    person's goes through the generator; routes travel with the folder."""
+    folder = tmp_path / "standardizer"
+    SubjectGenerator.from_pretrained(std_folder).save_pretrained(folder)
+    SamplingSettings(steps=2, guidance=1.0).save(folder)
+    Routes("warp", 0.5).save(folder)
+    std = Standardizer.load(folder)
+    assert std.routes == Routes("warp", 0.5)
+    images = [hand_drawn(0), hand_drawn(1), hand_drawn(2)]
+    fg = torch.zeros(3, 32, 32)
+    fg[:, 8:24, 10:20] = 1.0
+    pose = torch.tensor([pose_vector(None, 35.0), pose_vector((20.0, 20.0, 8.0, 8.0), 0.0), pose_vector(None, 180.0)])
+    real_analyse = Standardizer.analyse
+    read = []
+
+    def analyse(self, ims):
+        read.append(len(ims))
+        real_analyse(self, ims)  # the analyser does run
+        order = [next(i for i, im in enumerate(images) if np.array_equal(im, x)) for x in ims]
+        return fg[order], pose[order]
+
+    monkeypatch.setattr(Standardizer, "analyse", analyse)
+    sampled = []
+    real_sample = std.model.sample
+    monkeypatch.setattr(std.model, "sample", lambda prompts, refs, **kw: sampled.append(refs) or
+                        real_sample(prompts, refs, **kw))
+    out = std(images)
+    assert read and len(sampled) == 1 and len(sampled[0]) == 1 and np.array_equal(sampled[0][0][0], images[1])
+    bg = plain_background()
+    for i, rot in ((0, 35.0), (2, 180.0)):
+        expected = to_uint8(warp_to_standard(to_model([images[i]]), fg[i:i + 1], torch.tensor([rot]), 0.5, bg))[0]
+        assert np.array_equal(out[i], expected)
+    assert std.route(images).tolist() == [False, True, False]
+    gen = SubjectGenerator.tiny(**SMALL_GEN, seed=4)
+    gen.standardizer = std
+    gen.save_pretrained(tmp_path / "g")
+    assert SubjectGenerator.from_pretrained(tmp_path / "g").standardizer.routes == Routes("warp", 0.5)

@@ -5,6 +5,15 @@ stage) hands it the user's plain references: ``SamplingSettings.sample`` standar
 it, then arranges them in the generator's layout (``sampling.prepare_references``), the same
 function SFT applied to its training references.
 
+Two routes, both read from the image by the standardizer's own analyser (never from the
+renderer): the person, whose standard view needs a new pose, is redrawn by the generator; an
+object, whose standard view is a similarity transform of it on a plain background, is warped
+(``objects: warp``, recorded in ``standardizer.json``): cut out by the segmenter's mask, turned
+back by the pose estimator's rotation, centred on its mask's centroid and its box scaled to the
+size objects have in the training standard views. ``objects: generate`` redraws objects too (the
+first design, which turned them into blobs: docs/experiments/serialgen.md). A folder without the
+file generates everything.
+
 Standardizing is deterministic per image: the ODE starts from noise seeded by the image's bytes,
 so one reference maps to one standardized view whichever batch it comes in, and repeated
 references are computed once (cached).
@@ -12,25 +21,113 @@ references are computed once (cached).
 from __future__ import annotations
 
 import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..world import backgrounds
+from .conditioning import subject_crops
+from .generator import to_model, to_uint8
 
 FOLDER = "standardizer"
+ROUTES = "standardizer.json"
+OBJECT_ROUTES = ("warp", "generate")
 # One prompt for every reference: a user's reference comes with no category or pose, so the
 # standardizer reads both from the image (the analyser does, for its conditioning).
 PROMPT = f"image 1 standardized: large, front view, centred, {backgrounds.PHRASES['plain']}"
 
 
+@dataclass(frozen=True)
+class Routes:
+    """How references reach their standard view (``standardizer.json``): ``objects`` warp or
+    generate; ``object_extent``, the longer side of an object's box in the standard view as a
+    share of the image's side (the median over the training standard views; a warped object is
+    scaled to it)."""
+
+    objects: str = "generate"
+    object_extent: float = 0.0
+
+    def __post_init__(self):
+        if self.objects not in OBJECT_ROUTES:
+            raise ValueError(f"{ROUTES}: objects must be one of {OBJECT_ROUTES}, not {self.objects!r}")
+        if self.objects == "warp" and not 0 < self.object_extent <= 1:
+            raise ValueError(f"{ROUTES}: warping objects needs an object_extent in (0, 1], got {self.object_extent}")
+
+    def save(self, folder: str | Path) -> None:
+        (Path(folder) / ROUTES).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Routes:
+        path = Path(folder) / ROUTES
+        return cls(**json.loads(path.read_text())) if path.is_file() else cls()
+
+
+def is_person(pose: torch.Tensor) -> torch.Tensor:
+    """(B,) bool from the analyser's pose (B, POSE_DIMS): its four limbs' (sin, cos) pairs lie on
+    the unit circle for the person and at zero for an object (``conditioning.pose_vector``)."""
+    return pose[:, :8].reshape(-1, 4, 2).norm(dim=-1).mean(dim=1) > 0.5
+
+
+def warp_to_standard(x: torch.Tensor, fg: torch.Tensor, rotation: torch.Tensor, extent: float,
+                     background: torch.Tensor) -> torch.Tensor:
+    """Objects' standard views by a similarity transform: images ``x`` (B, 3, S, S) in [-1, 1],
+    foreground probabilities ``fg`` (B, S, S), rotations (B,) in degrees, clockwise on screen as
+    the renderer turns them. Each subject (``fg > 0.5``) is turned back upright, the centre of its
+    upright box put at the image's centre and the box's longer side scaled to ``extent`` of the
+    image's side, then laid on ``background`` (3,) by its soft mask. An image with no subject
+    found is returned as it is."""
+    b, _, side, _ = x.shape
+    out = x.clone()
+    coords = (torch.arange(side) + 0.5 - side / 2).float()
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    grid_out = torch.stack([xx, yy], -1)  # (S, S, 2): each output pixel's offset from the centre
+    for i in range(b):
+        m = fg[i] > 0.5
+        if int(m.sum()) < 4:
+            continue
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        pts = torch.stack([xs, ys], -1).float() + 0.5
+        r = math.radians(float(rotation[i]))
+        turn = torch.tensor([[math.cos(r), -math.sin(r)], [math.sin(r), math.cos(r)]])  # upright -> as drawn
+        upright = pts @ turn  # each subject pixel turned back (row vectors: p @ R = R^T p)
+        lo, hi = upright.min(0).values - 0.5, upright.max(0).values + 0.5
+        centre = turn @ ((lo + hi) / 2)
+        k = float((hi - lo).max()) / (extent * side)  # source pixels per output pixel
+        src = (grid_out @ turn.T) * k + centre  # the source pixel each output pixel reads
+        grid = (src / (side / 2) - 1)[None]
+        img = F.grid_sample(x[i:i + 1], grid, mode="bilinear", padding_mode="border", align_corners=False)
+        alpha = F.grid_sample(fg[i][None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out[i] = (alpha * img + (1 - alpha) * background[:, None, None])[0]
+    return out
+
+
+def box_extent(masks: np.ndarray) -> float:
+    """The median over ``masks`` (N, S, S) of the longer side of each mask's box, as a share of S:
+    ``Routes.object_extent`` from the training standard views of objects."""
+    sides = []
+    for m in masks:
+        ys, xs = np.nonzero(m)
+        if len(ys):
+            sides.append(max(xs.max() - xs.min(), ys.max() - ys.min()) + 1)
+    return float(np.median(sides)) / masks.shape[-1]
+
+
+def plain_background() -> torch.Tensor:
+    """The standard view's background colour (3,) in [-1, 1], as the renderer paints it."""
+    return to_model((backgrounds.draw(backgrounds.PLAIN, 0, 1, 1) * 255).round().astype(np.uint8)[None])[0, :, 0, 0]
+
+
 class Standardizer:
     """``standardizer(images) -> images``: each reference (uint8 (S, S, 3)) to its standardized view."""
 
-    def __init__(self, model, sampling, batch: int = 128):
-        self.model, self.sampling, self.batch = model.eval(), sampling, batch
+    def __init__(self, model, sampling, routes: Routes = Routes(), batch: int = 128):
+        self.model, self.sampling, self.routes, self.batch = model.eval(), sampling, routes, batch
         self._cache: dict[str, np.ndarray] = {}
 
     @classmethod
@@ -41,7 +138,7 @@ class Standardizer:
         model = SubjectGenerator.from_pretrained(folder)
         if model.ref_conditioner is None:
             raise ValueError(f"{folder}: not a standardizer (no reference conditioning)")
-        return cls(model, SamplingSettings.load(folder))
+        return cls(model, SamplingSettings.load(folder), Routes.load(folder))
 
     @classmethod
     def load_from(cls, generator_folder: str | Path) -> Standardizer | None:
@@ -54,6 +151,7 @@ class Standardizer:
         out = Path(generator_folder) / FOLDER
         self.model.save_pretrained(out)
         self.sampling.save(out)
+        self.routes.save(out)
 
     @staticmethod
     def key(image: np.ndarray) -> str:
@@ -66,10 +164,24 @@ class Standardizer:
                             for k in keys])
 
     @torch.no_grad()
+    def analyse(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The analyser's foreground probabilities (B, S, S) and pose (B, POSE_DIMS) of ``images``."""
+        analyser, x = self.model.ref_analyser, to_model(images)
+        logits = analyser.segment(x)
+        return torch.sigmoid(logits), analyser.pose(subject_crops(x, logits > 0))
+
+    @torch.no_grad()
+    def route(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """(B,) bool: which images the analyser takes for the person (redrawn by the generator)."""
+        return is_person(self.analyse(images)[1]).numpy()
+
+    @torch.no_grad()
     def __call__(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         keys = [self.key(im) for im in images]
         todo = list(dict.fromkeys(k for k in keys if k not in self._cache))
         first = {k: im for k, im in zip(keys, images)}
+        if self.routes.objects == "warp":
+            todo = self._warp_objects(todo, first)
         s = self.sampling
         for i in range(0, len(todo), self.batch):
             part = todo[i:i + self.batch]
@@ -77,6 +189,20 @@ class Standardizer:
                                     guidance=s.guidance, precision=s.precision, noise=self.noise(part))["images"]
             self._cache.update(zip(part, out))
         return [self._cache[k] for k in keys]
+
+    def _warp_objects(self, todo: list[str], images: dict[str, np.ndarray]) -> list[str]:
+        """Warp the objects among ``todo`` into the cache; returns the rest (the person's)."""
+        rest, bg = [], plain_background()
+        for i in range(0, len(todo), self.batch):
+            part = todo[i:i + self.batch]
+            fg, pose = self.analyse([images[k] for k in part])
+            person = is_person(pose)
+            rotation = torch.rad2deg(torch.atan2(pose[:, 8], pose[:, 9]))
+            warped = to_uint8(warp_to_standard(to_model([images[k] for k in part]), fg, rotation,
+                                               self.routes.object_extent, bg))
+            rest += [k for k, p in zip(part, person) if p]
+            self._cache.update((k, w) for k, w, p in zip(part, warped, person) if not p)
+        return rest
 
     def references(self, refs: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
         """Every row's references standardized (rows of any lengths)."""

@@ -14,7 +14,7 @@ from ..config import Params
 from ..data.grids import grid
 from ..judging.base import crop_subject
 from ..models import conditioning
-from ..models.standardizer import PROMPT, Standardizer
+from ..models.standardizer import PROMPT, Routes, Standardizer, box_extent
 from ..training.fit import Pairs, build_generator, run_fit
 from .analyser import StandardizePairs, analyser_accuracy, heldout_pairs, load_pairs, pose_baseline, train_analyser
 
@@ -77,8 +77,12 @@ def run_standardizer(params: Params, paths) -> dict:
     fit = run_fit("standardizer", params, paths.data, paths.out, paths.reports, paths.checkpoints,
                   model=model, data=training_pairs(data, ids), extra=cfg.model_dump())
 
+    objects = np.array([c != world.CHARACTER for c in data.categories])
+    Routes(cfg.objects, box_extent(data.target_masks[objects]) if objects.any() else 0.0).save(paths.out)
     standardizer = Standardizer.load(paths.out)
     outputs = standardizer(list(heldout.sources))
+    routed = standardizer.route(list(heldout.sources)) == (np.array(heldout.categories) == world.CHARACTER)
+    analysis["heldout_routed_right"] = round(float(routed.mean()), 4)
     encoder = load_judge_set(paths.judges / "eval", params.judges).encoder
     rows = standardization_accuracy(outputs, heldout, encoder, params.judges.crop_size)
     rows.to_csv(paths.reports / "heldout.csv", index=False)
@@ -91,7 +95,7 @@ def run_standardizer(params: Params, paths) -> dict:
     (paths.reports / "analyser.json").write_text(json.dumps(analysis, indent=2) + "\n")
     overall = table.set_index("group").loc["all"]
     person = table.set_index("group").loc[world.CHARACTER] if world.CHARACTER in set(table.group) else None
-    return {**fit, "fbdm": cfg.fbdm, "rpim": cfg.rpim, "analyser": analysis,
+    return {**fit, "fbdm": cfg.fbdm, "rpim": cfg.rpim, "objects": cfg.objects, "analyser": analysis,
             "heldout": {"rows": len(heldout), "pixel_error": round(float(overall.pixel_error), 4),
                         "encoder_cosine": round(float(overall.encoder_cosine), 4),
                         "reference_encoder_cosine": round(float(overall.reference_encoder_cosine), 4),
