@@ -260,6 +260,9 @@ def test_the_stage_trains_the_standardizer_and_scores_it_on_heldout_identities(j
     for f in ("accuracy.csv", "accuracy.md", "heldout.csv", "heldout_grid.png", "analyser.json"):
         assert (tmp_path / "reports" / f).is_file(), f
     assert Standardizer.load(out)([hand_drawn()])[0].shape == (32, 32, 3)
+    routes = Routes.load(out)  # the default: objects warped, scaled as the training standard views' objects
+    assert routes.objects == "warp" and 0 < routes.object_extent <= 1 and m["objects"] == "warp"
+    assert 0 <= m["analyser"]["heldout_routed_right"] <= 1
 
 
 def test_the_logged_pyfunc_model_standardizes_through_the_same_function(std_folder, tmp_path, monkeypatch):
