@@ -31,18 +31,19 @@ def standardization_accuracy(outputs: list[np.ndarray], truth: StandardizePairs,
     view, and the encoder cosine of the two, both cropped at the true view's subject box; and, as
     the baseline standardizing must beat, the same for the reference itself (its subject cropped
     at its own box for the cosine)."""
-    boxes = [_box(m) for m in truth.target_masks]
+    boxes = [mask_box(m) for m in truth.target_masks]
     true = encoder.embed([crop_subject(im, b, crop_size) for im, b in zip(truth.targets, boxes)])
     rows = {"category": truth.categories}
     for name, images, at in (("", outputs, boxes), ("reference_", list(truth.sources),
-                                                     [_box(m) for m in truth.source_masks])):
+                                                     [mask_box(m) for m in truth.source_masks])):
         pixel = np.abs(np.stack(images).astype(np.float32) - truth.targets.astype(np.float32)).mean(axis=(1, 2, 3))
         emb = encoder.embed([crop_subject(im, b, crop_size) for im, b in zip(images, at)])
         rows.update({f"{name}pixel_error": pixel / 255, f"{name}encoder_cosine": (emb * true).sum(1)})
     return pd.DataFrame(rows)
 
 
-def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """A non-empty mask's box (x0, y0, x1, y1), ends exclusive."""
     ys, xs = np.nonzero(mask)
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 

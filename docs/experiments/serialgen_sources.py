@@ -25,6 +25,7 @@ from components.data.grids import load_rgb
 from components.judging.base import crop_subject, isolate
 from components.judging.sets import load_judge_set
 from components.models.standardizer import Standardizer
+from components.standardize.train import mask_box
 from components.world.scenes import standard_view
 from components.world.subjects import Identity
 
@@ -32,11 +33,6 @@ from components.world.subjects import Identity
 def identity(key: str) -> Identity:
     category, *colors, pattern, mark = key.split("|")
     return Identity(category, tuple(colors), pattern, mark)
-
-
-def box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    ys, xs = np.nonzero(mask)
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
 def main(project: Path, rows: int) -> None:
@@ -50,7 +46,7 @@ def main(project: Path, rows: int) -> None:
         target = load_rgb(data / r.target)
         for key, ref, b in zip(r.identities, r.refs, r.boxes):
             view = world.render(standard_view(identity(key)), res, res, params.synthesize.supersample)
-            boxes.append(box(view.mask(0)))
+            boxes.append(mask_box(view.mask(0)))
             truth.append(crop_subject(view.image, boxes[-1], crop))
             categories.append(key.split("|")[0])
             b = tuple(int(v) for v in b)

@@ -1,10 +1,10 @@
 """Objects warped by the analyser's reading against objects redrawn by the standardizer, on the
 stage's held-out pairs (eval encoder cosine and pixel error against the true standard view).
 
-    python docs/experiments/serialgen_warp.py <finished project>
+    python docs/experiments/serialgen_warp.py <finished project> [<standardizer folder>]
 
-Reads the project's models/standardizer (any `objects` route: both are applied here to the same
-model), data/standardize (the standard views' object size) and models/judges/eval. Rows: the
+Reads the project's models/standardizer, or the folder given (any `objects` route: both are
+applied here to the same model), data/standardize (the standard views' object size) and models/judges/eval. Rows: the
 standardizer redrawing every reference; objects warped by the analyser's mask and rotation (the
 person redrawn); the same warp with the renderer's true mask and rotation (the route's ceiling);
 the untouched reference. Prints the table and how often the analyser routes a row right.
@@ -29,7 +29,7 @@ from components.standardize.analyser import heldout_pairs, load_pairs  # noqa: E
 from components.standardize.train import accuracy_table, standardization_accuracy  # noqa: E402
 
 
-def main(project: Path) -> None:
+def main(project: Path, folder: Path) -> None:
     params = load_params(project / "params.yaml")
     synth, cfg = params.synthesize, params.standardizer
     data = load_pairs(project / "data/standardize", synth.resolution, synth.supersample)
@@ -38,7 +38,7 @@ def main(project: Path) -> None:
     heldout = heldout_pairs(cfg.eval_rows, synth.character_fraction, synth, cfg.seed)
     person = np.array([c == world.CHARACTER for c in heldout.categories])
     encoder = load_judge_set(project / "models/judges/eval", params.judges).encoder
-    base = Standardizer.load(project / "models/standardizer")
+    base = Standardizer.load(folder)
     sources = list(heldout.sources)
 
     generated = Standardizer(base.model, base.sampling, Routes("generate"))(sources)
@@ -64,4 +64,4 @@ def main(project: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else Path(sys.argv[1]) / "models/standardizer")
