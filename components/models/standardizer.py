@@ -9,10 +9,10 @@ Two routes, both read from the image by the standardizer's own analyser (never f
 renderer): the person, whose standard view needs a new pose, is redrawn by the generator; an
 object, whose standard view is a similarity transform of it on a plain background, is warped
 (``objects: warp``, recorded in ``standardizer.json``): cut out by the segmenter's mask, turned
-back by the pose estimator's rotation, centred on its mask's centroid and its box scaled to the
-size objects have in the training standard views. ``objects: generate`` redraws objects too (the
-first design, which turned them into blobs: docs/experiments/serialgen.md). A folder without the
-file generates everything.
+back by the pose estimator's rotation, its upright box centred and scaled to the size objects
+have in the training standard views (an image where no subject is found is redrawn).
+``objects: generate`` redraws objects too (the first design, which turned them into blobs:
+docs/experiments/serialgen.md). A folder without the file redraws everything.
 
 Standardizing is deterministic per image: the ODE starts from noise seeded by the image's bytes,
 so one reference maps to one standardized view whichever batch it comes in, and repeated
@@ -74,16 +74,31 @@ def is_person(pose: torch.Tensor) -> torch.Tensor:
     return pose[:, :8].reshape(-1, 4, 2).norm(dim=-1).mean(dim=1) > 0.5
 
 
+def largest_component(mask: torch.Tensor) -> torch.Tensor:
+    """The largest 8-connected part of a bool mask (S, S): stray foreground pixels elsewhere would
+    widen the subject's box."""
+    ids = torch.arange(1, mask.numel() + 1, dtype=torch.float32).reshape(mask.shape)
+    labels = torch.where(mask, ids, torch.zeros(()))
+    while True:  # every pixel takes the largest label of its neighbourhood, within the mask
+        grown = F.max_pool2d(labels[None, None], 3, 1, 1)[0, 0] * mask
+        if torch.equal(grown, labels):
+            break
+        labels = grown
+    values, counts = labels[mask].unique(return_counts=True)
+    return labels == values[counts.argmax()]
+
+
 def warp_to_standard(x: torch.Tensor, fg: torch.Tensor, rotation: torch.Tensor, extent: float,
-                     background: torch.Tensor) -> torch.Tensor:
+                     background: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Objects' standard views by a similarity transform: images ``x`` (B, 3, S, S) in [-1, 1],
     foreground probabilities ``fg`` (B, S, S), rotations (B,) in degrees, clockwise on screen as
-    the renderer turns them. Each subject (``fg > 0.5``) is turned back upright, the centre of its
-    upright box put at the image's centre and the box's longer side scaled to ``extent`` of the
-    image's side, then laid on ``background`` (3,) by its soft mask. An image with no subject
-    found is returned as it is."""
+    the renderer turns them. Each subject (the largest part of ``fg > 0.5``) is turned back
+    upright, the centre of its upright box put at the image's centre and the box's longer side
+    scaled to ``extent`` of the image's side, then laid on ``background`` (3,) by its soft mask.
+    Returns the images and which had a subject (B,) bool: an image with none (under 4 pixels) is
+    returned as it is."""
     b, _, side, _ = x.shape
-    out = x.clone()
+    out, found = x.clone(), torch.zeros(b, dtype=torch.bool)
     coords = (torch.arange(side) + 0.5 - side / 2).float()
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
     grid_out = torch.stack([xx, yy], -1)  # (S, S, 2): each output pixel's offset from the centre
@@ -91,6 +106,7 @@ def warp_to_standard(x: torch.Tensor, fg: torch.Tensor, rotation: torch.Tensor, 
         m = fg[i] > 0.5
         if int(m.sum()) < 4:
             continue
+        m = largest_component(m)
         ys, xs = torch.nonzero(m, as_tuple=True)
         pts = torch.stack([xs, ys], -1).float() + 0.5
         r = math.radians(float(rotation[i]))
@@ -102,9 +118,11 @@ def warp_to_standard(x: torch.Tensor, fg: torch.Tensor, rotation: torch.Tensor, 
         src = (grid_out @ turn.T) * k + centre  # the source pixel each output pixel reads
         grid = (src / (side / 2) - 1)[None]
         img = F.grid_sample(x[i:i + 1], grid, mode="bilinear", padding_mode="border", align_corners=False)
-        alpha = F.grid_sample(fg[i][None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        alpha = F.grid_sample((fg[i] * m)[None, None], grid, mode="bilinear", padding_mode="zeros",
+                              align_corners=False)
         out[i] = (alpha * img + (1 - alpha) * background[:, None, None])[0]
-    return out
+        found[i] = True
+    return out, found
 
 
 def box_extent(masks: np.ndarray) -> float:
@@ -166,9 +184,10 @@ class Standardizer:
     @torch.no_grad()
     def analyse(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """The analyser's foreground probabilities (B, S, S) and pose (B, POSE_DIMS) of ``images``."""
-        analyser, x = self.model.ref_analyser, to_model(images)
+        analyser = self.model.ref_analyser
+        x = to_model(images).to(next(analyser.parameters()).device)
         logits = analyser.segment(x)
-        return torch.sigmoid(logits), analyser.pose(subject_crops(x, logits > 0))
+        return torch.sigmoid(logits).cpu(), analyser.pose(subject_crops(x, logits > 0)).cpu()
 
     @torch.no_grad()
     def route(self, images: Sequence[np.ndarray]) -> np.ndarray:
@@ -191,17 +210,21 @@ class Standardizer:
         return [self._cache[k] for k in keys]
 
     def _warp_objects(self, todo: list[str], images: dict[str, np.ndarray]) -> list[str]:
-        """Warp the objects among ``todo`` into the cache; returns the rest (the person's)."""
+        """Warp the objects among ``todo`` into the cache; returns the rest: the person's, and any
+        image in which the analyser finds no subject (the generator reads it whole)."""
         rest, bg = [], plain_background()
         for i in range(0, len(todo), self.batch):
             part = todo[i:i + self.batch]
             fg, pose = self.analyse([images[k] for k in part])
-            person = is_person(pose)
-            rotation = torch.rad2deg(torch.atan2(pose[:, 8], pose[:, 9]))
-            warped = to_uint8(warp_to_standard(to_model([images[k] for k in part]), fg, rotation,
-                                               self.routes.object_extent, bg))
-            rest += [k for k, p in zip(part, person) if p]
-            self._cache.update((k, w) for k, w, p in zip(part, warped, person) if not p)
+            objects, done = [j for j, p in enumerate(is_person(pose).tolist()) if not p], {}
+            if objects:
+                idx = torch.tensor(objects)
+                rotation = torch.rad2deg(torch.atan2(pose[idx, 8], pose[idx, 9]))
+                warped, found = warp_to_standard(to_model([images[part[j]] for j in objects]), fg[idx], rotation,
+                                                 self.routes.object_extent, bg)
+                done = {part[j]: w for j, w, f in zip(objects, to_uint8(warped), found.tolist()) if f}
+            self._cache.update(done)
+            rest += [k for k in part if k not in done]
         return rest
 
     def references(self, refs: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:

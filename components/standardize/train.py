@@ -5,6 +5,7 @@ identities (``components/standardizer.py`` is the stage's command)."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -57,6 +58,16 @@ def accuracy_table(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([{"group": name, "rows": len(p), **p[cols].mean().to_dict()} for name, p in parts if len(p)])
 
 
+def standardizer_routes(objects: str, data: StandardizePairs) -> Routes:
+    """The routes the stage writes: ``objects`` warped at the size the training standard views'
+    objects have (``box_extent``), or redrawn; redrawn when the data has no object to size them by."""
+    is_object = np.array([c != world.CHARACTER for c in data.categories])
+    if objects == "warp" and not is_object.any():
+        print("standardizer: WARNING no object in the data to size warped objects by; objects are redrawn", flush=True)
+        return Routes("generate")
+    return Routes(objects, box_extent(data.target_masks[is_object]) if objects == "warp" else 0.0)
+
+
 def run_standardizer(params: Params, paths) -> dict:
     """Train the analyser and the standardizer on ``paths.data`` (data/standardize) into
     ``paths.out``; score them on held-out identities with the evaluation judges' encoder."""
@@ -75,11 +86,12 @@ def run_standardizer(params: Params, paths) -> dict:
     model = build_generator(params.generator, synth.resolution, params.training.seed)
     conditioning.attach(model, analyser, cfg.fbdm, cfg.rpim)
     ids = [f"standardize-{i:06d}" for i in range(len(data))]
+    routes = standardizer_routes(cfg.objects, data)
+    # what decides the weights (not the routes, nor how the stage is scored)
     fit = run_fit("standardizer", params, paths.data, paths.out, paths.reports, paths.checkpoints,
-                  model=model, data=training_pairs(data, ids), extra=cfg.model_dump())
+                  model=model, data=training_pairs(data, ids),
+                  extra=cfg.model_dump(exclude={"objects", "eval_rows", "grid_rows"}), write_extras=routes.save)
 
-    objects = np.array([c != world.CHARACTER for c in data.categories])
-    Routes(cfg.objects, box_extent(data.target_masks[objects]) if objects.any() else 0.0).save(paths.out)
     standardizer = Standardizer.load(paths.out)
     outputs = standardizer(list(heldout.sources))
     routed = standardizer.route(list(heldout.sources)) == (np.array(heldout.categories) == world.CHARACTER)
@@ -96,7 +108,7 @@ def run_standardizer(params: Params, paths) -> dict:
     (paths.reports / "analyser.json").write_text(json.dumps(analysis, indent=2) + "\n")
     overall = table.set_index("group").loc["all"]
     person = table.set_index("group").loc[world.CHARACTER] if world.CHARACTER in set(table.group) else None
-    return {**fit, "fbdm": cfg.fbdm, "rpim": cfg.rpim, "objects": cfg.objects, "analyser": analysis,
+    return {**fit, "fbdm": cfg.fbdm, "rpim": cfg.rpim, "routes": asdict(routes), "analyser": analysis,
             "heldout": {"rows": len(heldout), "pixel_error": round(float(overall.pixel_error), 4),
                         "encoder_cosine": round(float(overall.encoder_cosine), 4),
                         "reference_encoder_cosine": round(float(overall.reference_encoder_cosine), 4),

@@ -17,6 +17,7 @@ import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -245,7 +246,7 @@ def run_fit(stage: str, params: Params, dataset_dir: Path, out: Path, reports: P
             init: Path | None = None, ref_count_probs: dict[int, float] | None = None,
             replay: Path | None = None, reference_layout: str = "as_given", standardizer: Path | None = None,
             model: SubjectGenerator | None = None, data: Pairs | None = None, extra: dict | None = None,
-            name: str | None = None) -> dict:
+            name: str | None = None, write_extras: Callable[[Path], None] | None = None) -> dict:
     """Load data, build (or load ``init``) the generator, train it with ``params.train_config(stage)``
     into ``out`` atomically, with the sampling settings it is to be used with (``sampling.json``).
     ``replay``: a second dataset whose rows join the first's (SFT's single-subject replay); the
@@ -255,7 +256,8 @@ def run_fit(stage: str, params: Params, dataset_dir: Path, out: Path, reports: P
     by it before training (``prepare_references``, as sampling does) and the model carries it.
     ``model`` and ``data``: a model and rows built by the caller (the standardizer's), ``extra``
     what else decides them (into the checkpoints' fingerprint). ``name``: the stage's name when it
-    trains with another stage's settings (sft_std with sft's): its checkpoints and logs."""
+    trains with another stage's settings (sft_std with sft's): its checkpoints and logs.
+    ``write_extras``: writes more files into the model's folder before it is swapped in whole."""
     from ..io import atomic_dir, folder_hash
     from ..models.sampling import prepare_references
     from ..models.standardizer import Standardizer
@@ -286,4 +288,6 @@ def run_fit(stage: str, params: Params, dataset_dir: Path, out: Path, reports: P
     with atomic_dir(out) as tmp:
         metrics = fit_generator(name, model, data, cfg, tmp, reports, checkpoints, ref_count_probs, grid_pool)
         sampling.save(tmp)
+        if write_extras is not None:
+            write_extras(tmp)
     return {**metrics, "sampling": asdict(sampling)}
