@@ -225,7 +225,7 @@ class SftParams(StageTrainingParams):
         "target", description="What the standardizer reads for a training reference. target = the subject as the "
         "pair's target renders it, isolated as the redraw's input was (multisubject.subject_size): the standard view "
         "keeps no pose, place or background of it, the leak PSR's redraw removes. reference = PSR's redraw, drawn by "
-        "the pretrained model, a style the standardizer (trained on rendered sources) turns into blobs "
+        "the pretrained model, a style the standardizer (trained on rendered sources) was not trained on "
         "(docs/experiments/serialgen.md, section 5).")
 
     ref_count_probs: dict[Annotated[int, Field(ge=1)], Annotated[float, Field(ge=0)]] = Field(
