@@ -20,8 +20,8 @@ from components.models import conditioning
 from components.models.conditioning import POSE_DIMS, ReferenceAnalyser, ReferenceConditioner, pose_vector
 from components.models.generator import SubjectGenerator, to_model, to_uint8
 from components.models.sampling import SamplingSettings, prepare_references
-from components.models.standardizer import (FOLDER, Routes, Standardizer, box_extent, is_person, plain_background,
-                                            warp_to_standard)
+from components.models.standardizer import (FOLDER, Routes, Standardizer, box_extent, is_person, place_like,
+                                            plain_background, view_mask, warp_to_standard)
 from components.pipeline.project import default_params
 from components.standardize.analyser import load_pairs as load_standardize_pairs
 from components.training.fit import load_pairs
@@ -265,7 +265,7 @@ def test_the_stage_trains_the_standardizer_and_scores_it_on_heldout_identities(j
                                    params["synthesize"]["supersample"])
     objects = np.array([c != "person" for c in pairs.categories])
     assert Routes.load(out) == Routes("warp", box_extent(pairs.target_masks[objects]))
-    assert m["routes"] == {"objects": "warp", "object_extent": Routes.load(out).object_extent}
+    assert m["routes"] == {"objects": "warp", "object_extent": Routes.load(out).object_extent, "placement": "centre"}
     assert 0 <= m["analyser"]["heldout_routed_right"] <= 1  # 6 rows of an analyser trained 6 steps: no bound
 
 
@@ -403,3 +403,102 @@ def test_objects_are_warped_by_the_analyser_s_reading_and_only_the_person_redraw
     gen.standardizer = std
     gen.save_pretrained(tmp_path / "g")
     assert SubjectGenerator.from_pretrained(tmp_path / "g").standardizer.routes == Routes("warp", 0.5)
+
+
+def test_the_warp_in_place_turns_a_subject_upright_where_it_stands():
+    """placement keep: a subject turned a quarter clockwise anywhere in the frame comes back
+    upright about its own centre, at its own size (the extent is not read)."""
+    torch.manual_seed(1)
+    canon = torch.rand(1, 3, 32, 32) * 2 - 1
+    mask = torch.zeros(1, 32, 32)
+    mask[0, 10:22, 12:20] = 1.0  # its box centred: a quarter turn about the frame's centre is one about its own
+    bg = plain_background()
+    upright = torch.where(mask[:, None] > 0, canon, bg[None, :, None, None])
+    turned, turned_mask = torch.rot90(canon, -1, (2, 3)), torch.rot90(mask, -1, (1, 2))
+    for shift in ((0, 0), (-6, 7), (9, -5)):
+        x, m = torch.roll(turned, shift, (2, 3)), torch.roll(turned_mask, shift, (1, 2))
+        out, found = warp_to_standard(x, m, torch.tensor([90.0]), 0.9, bg, in_place=True)
+        assert found.tolist() == [True]
+        assert torch.allclose(out, torch.roll(upright, shift, (2, 3)), atol=1e-5)
+    centred = warp_to_standard(x, m, torch.tensor([90.0]), 12 / 32, bg)[0]
+    assert torch.allclose(centred, upright, atol=1e-5)  # the canonical view: centred, whatever the shift
+
+
+def test_a_standard_view_is_placed_where_the_reference_showed_its_subject():
+    """place_like: the view's subject goes to the reference subject's box centre, scaled to its
+    area; what it uncovers is the plain background; no subject in either: left as it is."""
+    bg = plain_background()
+    view = bg[None, :, None, None].repeat(1, 1, 32, 32)
+    view[0, :, 12:20, 12:20] = torch.tensor([0.8, -0.8, 0.0])[:, None, None]  # an 8 px square, centred
+    ref = torch.zeros(1, 32, 32)
+    ref[0, 2:18, 4:20] = 1.0  # 16 px, up and to the left
+    out = place_like(view, view_mask(view, bg), ref, bg)
+    got = view_mask(out, bg)[0] > 0
+    # the reference's box, give or take the one-pixel edge bilinear upscaling blends
+    assert got[3:17, 5:19].all() and not got[19:].any() and not got[:, 21:].any()
+    assert not got[:1].any() and not got[:, :3].any()
+    assert torch.allclose(out[0, :, 10, 12], torch.tensor([0.8, -0.8, 0.0]), atol=1e-5)
+    assert torch.allclose(out[0, :, 28, 28], bg, atol=1e-6)
+    assert torch.equal(place_like(view, view_mask(view, bg), torch.zeros(1, 32, 32), bg), view)
+
+
+def test_placement_keep_places_both_routes_and_travels_with_the_model(std_folder, tmp_path, monkeypatch):
+    """With placement keep an object is warped upright in place by the analyser's reading and the
+    person's redraw is moved to where the analyser found the person; a generator records the
+    placement its standardizer used."""
+    folder = tmp_path / "standardizer"
+    SubjectGenerator.from_pretrained(std_folder).save_pretrained(folder)
+    SamplingSettings(steps=2, guidance=1.0).save(folder)
+    Routes("warp", 0.5).save(folder)
+    images = [hand_drawn(0), hand_drawn(1)]
+    fg = torch.zeros(2, 32, 32)
+    fg[0, 4:14, 18:28] = 1.0
+    fg[1, 16:30, 2:12] = 1.0
+    pose = torch.tensor([pose_vector(None, 35.0), pose_vector((20.0, 20.0, 8.0, 8.0), 0.0)])
+    monkeypatch.setattr(Standardizer, "analyse", lambda self, ims: (
+        fg[[next(i for i, im in enumerate(images) if np.array_equal(im, x)) for x in ims]],
+        pose[[next(i for i, im in enumerate(images) if np.array_equal(im, x)) for x in ims]]))
+    centre = Standardizer.load(folder)([images[1]])[0]  # the person's redraw, at the centre
+    std = Standardizer.load(folder).placed("keep")
+    assert std.routes == Routes("warp", 0.5, "keep")
+    out = std(images)
+    bg = plain_background()
+    obj = to_uint8(warp_to_standard(to_model(images[:1]), fg[:1], torch.tensor([35.0]), 0.5, bg, in_place=True)[0])
+    assert np.array_equal(out[0], obj[0])
+    x = to_model([centre])
+    assert np.array_equal(out[1], to_uint8(place_like(x, view_mask(x, bg), fg[1:], bg))[0])
+    assert not np.array_equal(out[1], centre)
+    gen = SubjectGenerator.tiny(**SMALL_GEN, seed=4)
+    gen.standardizer = std
+    gen.save_pretrained(tmp_path / "g")
+    assert SubjectGenerator.from_pretrained(tmp_path / "g").standardizer.routes.placement == "keep"
+    with pytest.raises(ValueError, match="placement"):
+        Routes("warp", 0.5, "left")
+
+
+def test_with_placement_keep_sft_hands_the_standardizer_what_the_redraw_read(std_folder, tmp_path, monkeypatch,
+                                                                             judge_world):
+    """standardize_placement keep: a reference the bootstrapping drew in place is read in place
+    from the target (keep_in_place), a re-centred one isolated; run_fit is told the placement."""
+    from components.bootstrap.redraw import keep_in_place
+    from components.config import Params
+    from components.training import sft
+
+    data = judge_world[0] / "multi"
+    manifest = read_manifest(data)
+    flags = [[(i + k) % 2 == 0 for k in range(len(b))] for i, b in enumerate(manifest.boxes)]
+    manifest["ref_scenes"] = [[json.dumps({"in_place": f}) for f in row] for row in flags]
+    monkeypatch.setattr(sft, "read_manifest", lambda _: manifest)
+    params = default_params()
+    params["multisubject"]["subject_size"] = 20
+    params["sft"]["standardize_placement"] = "keep"
+    seen = {}
+    monkeypatch.setattr(sft, "run_fit", lambda *a, **k: seen.update(k) or {})
+    paths = sft.SftPaths(data=data, single=judge_world[0] / "single", init=tmp_path, standardizer=std_folder,
+                         out=tmp_path / "o", reports=tmp_path / "r", checkpoints=tmp_path / "c")
+    sft.run_sft(Params.model_validate(params), paths, standardize=True)
+    assert seen["placement"] == "keep" and seen["extra"]["placement"] == "keep"
+    for t, refs, boxes, row in zip(seen["data"].targets, seen["data"].refs, manifest.boxes, flags):
+        for ref, box, in_place in zip(refs, boxes, row):
+            box = tuple(int(v) for v in box)
+            assert np.array_equal(ref, keep_in_place(t, box) if in_place else isolate(t, box, 20))

@@ -227,6 +227,12 @@ class SftParams(StageTrainingParams):
         "keeps no pose, place or background of it, the leak PSR's redraw removes. reference = PSR's redraw, drawn by "
         "the pretrained model, a style the standardizer (trained on rendered sources) was not trained on "
         "(docs/experiments/serialgen.md, section 5).")
+    standardize_placement: Literal["keep", "centre"] = Field(
+        "centre", description="Where a standardized reference shows its subject. centre = SerialGen's canonical view "
+        "(centred, at the standard size). keep = where and as large as the reference showed it (pose, rotation and "
+        "background standardized, placement kept): this generator takes each subject's place and size from its "
+        "reference, and with target references the standardizer reads what PSR's redraw read, in place or "
+        "re-centred (multisubject.in_place). Recorded in the model's standardizer (docs/experiments/serialgen.md).")
 
     ref_count_probs: dict[Annotated[int, Field(ge=1)], Annotated[float, Field(ge=0)]] = Field(
         {1: 0.2, 2: 0.2, 3: 0.25, 4: 0.35}, description="Probability of a batch with 2, 3 or 4 references; "

@@ -14,6 +14,16 @@ have in the training standard views (an image where no subject is found is redra
 ``objects: generate`` redraws objects too (the first design, which turned them into blobs:
 docs/experiments/serialgen.md). A folder without the file redraws everything.
 
+Where the standard view stands (``placement``): ``centre``, SerialGen's canonical view (centred,
+at the training standard views' size); or ``keep``, the standard view moved back to where and
+how large the reference showed its subject (an object turned upright about its own centre, at
+its own scale; the person's redraw shifted and scaled to the area the reference's subject
+covers). This project's generator takes each subject's place and size from its reference (the
+in-place pairs of ``multisubject``, the slots of ``models/layout.py``), so a centred standard
+view removes that channel along with pose and background; ``keep`` removes pose, rotation and
+background only. A generator trained on standardized references records the placement it was
+trained with in its copy of the standardizer.
+
 Standardizing is deterministic per image: the ODE starts from noise seeded by the image's bytes,
 so one reference maps to one standardized view whichever batch it comes in, and repeated
 references are computed once (cached).
@@ -23,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -38,6 +48,7 @@ from .generator import to_model, to_uint8
 FOLDER = "standardizer"
 ROUTES = "standardizer.json"
 OBJECT_ROUTES = ("warp", "generate")
+PLACEMENTS = ("centre", "keep")
 # One prompt for every reference: a user's reference comes with no category or pose, so the
 # standardizer reads both from the image (the analyser does, for its conditioning).
 PROMPT = f"image 1 standardized: large, front view, centred, {backgrounds.PHRASES['plain']}"
@@ -48,14 +59,17 @@ class Routes:
     """How references reach their standard view (``standardizer.json``): ``objects`` warp or
     generate; ``object_extent``, the longer side of an object's box in the standard view as a
     share of the image's side (the median over the training standard views; a warped object is
-    scaled to it)."""
+    scaled to it); ``placement``, centre or keep (see the module's docstring)."""
 
     objects: str = "generate"
     object_extent: float = 0.0
+    placement: str = "centre"
 
     def __post_init__(self):
         if self.objects not in OBJECT_ROUTES:
             raise ValueError(f"{ROUTES}: objects must be one of {OBJECT_ROUTES}, not {self.objects!r}")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"{ROUTES}: placement must be one of {PLACEMENTS}, not {self.placement!r}")
         if self.objects == "warp" and not 0 < self.object_extent <= 1:
             raise ValueError(f"{ROUTES}: warping objects needs an object_extent in (0, 1], got {self.object_extent}")
 
@@ -75,14 +89,15 @@ def is_person(pose: torch.Tensor) -> torch.Tensor:
 
 
 def warp_to_standard(x: torch.Tensor, fg: torch.Tensor, rotation: torch.Tensor, extent: float,
-                     background: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                     background: torch.Tensor, in_place: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Objects' standard views by a similarity transform: images ``x`` (B, 3, S, S) in [-1, 1],
     foreground probabilities ``fg`` (B, S, S), rotations (B,) in degrees, clockwise on screen as
     the renderer turns them. Each subject (``fg > 0.5``) is turned back upright, the centre of its
     upright box put at the image's centre and the box's longer side scaled to ``extent`` of the
     image's side, then laid on ``background`` (3,) by its soft mask. Every foreground pixel counts
     towards the box: keeping only the mask's largest part lost more (held-out objects 0.866
-    against 0.872) than stray pixels cost.
+    against 0.872) than stray pixels cost. ``in_place``: the subject is turned upright about its
+    box's centre and left where it is, at its own scale (``extent`` unused).
     Returns the images and which had a subject (B,) bool: an image with none (under 4 pixels) is
     returned as it is."""
     b, _, side, _ = x.shape
@@ -101,8 +116,9 @@ def warp_to_standard(x: torch.Tensor, fg: torch.Tensor, rotation: torch.Tensor, 
         upright = pts @ turn  # each subject pixel turned back (row vectors: p @ R = R^T p)
         lo, hi = upright.min(0).values - 0.5, upright.max(0).values + 0.5
         centre = turn @ ((lo + hi) / 2)
-        k = float((hi - lo).max()) / (extent * side)  # source pixels per output pixel
-        src = (grid_out @ turn.T) * k + centre  # the source pixel each output pixel reads
+        k = 1.0 if in_place else float((hi - lo).max()) / (extent * side)  # source pixels per output pixel
+        offset = grid_out + side / 2 - centre if in_place else grid_out  # from where the subject's centre lands
+        src = (offset @ turn.T) * k + centre  # the source pixel each output pixel reads
         grid = (src / (side / 2) - 1)[None]
         img = F.grid_sample(x[i:i + 1], grid, mode="bilinear", padding_mode="border", align_corners=False)
         alpha = F.grid_sample(fg[i][None, None], grid, mode="bilinear", padding_mode="zeros",
@@ -110,6 +126,44 @@ def warp_to_standard(x: torch.Tensor, fg: torch.Tensor, rotation: torch.Tensor, 
         out[i] = (alpha * img + (1 - alpha) * background[:, None, None])[0]
         found[i] = True
     return out, found
+
+
+def place_like(x: torch.Tensor, fg: torch.Tensor, fg_ref: torch.Tensor,
+               background: torch.Tensor) -> torch.Tensor:
+    """Standard views ``x`` (B, 3, S, S) in [-1, 1] moved to where their references showed the
+    subject: each view's subject (``fg`` (B, S, S) > 0.5) scaled to the area the reference's
+    (``fg_ref`` > 0.5) covers and its box's centre put on the centre of the reference's box; what
+    comes from outside the view is ``background`` (3,). A view or reference with no subject
+    (under 4 pixels) is left as it is."""
+    side = x.shape[-1]
+    out = x.clone()
+    coords = torch.arange(side).float() + 0.5
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    pixels = torch.stack([xx, yy], -1)  # (S, S, 2) absolute (x, y)
+    for i in range(len(x)):
+        m, r = fg[i] > 0.5, fg_ref[i] > 0.5
+        if int(m.sum()) < 4 or int(r.sum()) < 4:
+            continue
+        scale = math.sqrt(float(r.sum()) / float(m.sum()))  # output pixels per view pixel
+
+        def centre(mask):
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            return torch.tensor([xs.min() + xs.max() + 1, ys.min() + ys.max() + 1]).float() / 2
+
+        src = (pixels - centre(r)) / scale + centre(m)
+        grid = (src / (side / 2) - 1)[None]
+        moved = F.grid_sample(x[i:i + 1] - background[:, None, None], grid, mode="bilinear", padding_mode="zeros",
+                              align_corners=False)
+        out[i] = moved[0] + background[:, None, None]
+    return out
+
+
+def view_mask(x: torch.Tensor, background: torch.Tensor, tol: float = 0.12) -> torch.Tensor:
+    """(B, S, S) float: the pixels of standard views ``x`` (B, 3, S, S) in [-1, 1] whose colour
+    differs from the plain ``background`` (3,) by more than ``tol`` in some channel (the
+    analyser, trained on busy scenes, is not asked to read a plain one; ``tol`` is about 15 of
+    255, under the gap between the plain grey and the world's nearest colours)."""
+    return ((x - background[:, None, None]).abs().amax(dim=1) > tol).float()
 
 
 def box_extent(masks: np.ndarray) -> float:
@@ -181,23 +235,35 @@ class Standardizer:
         """(B,) bool: which images the analyser takes for the person (redrawn by the generator)."""
         return is_person(self.analyse(images)[1]).numpy()
 
+    def placed(self, placement: str) -> Standardizer:
+        """This standardizer with its standard views at ``placement`` (centre or keep); its cache
+        is dropped if that changes anything."""
+        if placement != self.routes.placement:
+            self.routes, self._cache = replace(self.routes, placement=placement), {}
+        return self
+
     @torch.no_grad()
     def __call__(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         keys = [self.key(im) for im in images]
         todo = list(dict.fromkeys(k for k in keys if k not in self._cache))
         first = {k: im for k, im in zip(keys, images)}
+        views: dict[str, np.ndarray] = {}
         if self.routes.objects == "warp":
-            todo = self._warp_objects(todo, first)
+            todo = self._warp_objects(todo, first, views)
         s = self.sampling
         for i in range(0, len(todo), self.batch):
             part = todo[i:i + self.batch]
             out = self.model.sample([PROMPT] * len(part), [[first[k]] for k in part], steps=s.steps,
                                     guidance=s.guidance, precision=s.precision, noise=self.noise(part))["images"]
-            self._cache.update(zip(part, out))
+            if self.routes.placement == "keep":
+                bg, x = plain_background(), to_model(out)
+                out = to_uint8(place_like(x, view_mask(x, bg), self.analyse([first[k] for k in part])[0], bg))
+            views.update(zip(part, out))
+        self._cache.update(views)
         return [self._cache[k] for k in keys]
 
-    def _warp_objects(self, todo: list[str], images: dict[str, np.ndarray]) -> list[str]:
-        """Warp the objects among ``todo`` into the cache; returns the rest: the person's, and any
+    def _warp_objects(self, todo: list[str], images: dict[str, np.ndarray], views: dict[str, np.ndarray]) -> list[str]:
+        """Warp the objects among ``todo`` into ``views``; returns the rest: the person's, and any
         image in which the analyser finds no subject (the generator reads it whole)."""
         rest, bg = [], plain_background()
         for i in range(0, len(todo), self.batch):
@@ -208,9 +274,9 @@ class Standardizer:
                 idx = torch.tensor(objects)
                 rotation = torch.rad2deg(torch.atan2(pose[idx, 8], pose[idx, 9]))
                 warped, found = warp_to_standard(to_model([images[part[j]] for j in objects]), fg[idx], rotation,
-                                                 self.routes.object_extent, bg)
+                                                 self.routes.object_extent, bg, self.routes.placement == "keep")
                 done = {part[j]: w for j, w, f in zip(objects, to_uint8(warped), found.tolist()) if f}
-            self._cache.update(done)
+            views.update(done)
             rest += [k for k in part if k not in done]
         return rest
 

@@ -245,6 +245,7 @@ def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainCo
 def run_fit(stage: str, params: Params, dataset_dir: Path, out: Path, reports: Path, checkpoints: Path,
             init: Path | None = None, ref_count_probs: dict[int, float] | None = None,
             replay: Path | None = None, reference_layout: str = "as_given", standardizer: Path | None = None,
+            placement: str = "centre",
             model: SubjectGenerator | None = None, data: Pairs | None = None, extra: dict | None = None,
             name: str | None = None, write_extras: Callable[[Path], None] | None = None) -> dict:
     """Load data, build (or load ``init``) the generator, train it with ``params.train_config(stage)``
@@ -253,7 +254,8 @@ def run_fit(stage: str, params: Params, dataset_dir: Path, out: Path, reports: P
     sample grids still show the first's. Checkpoints go to ``checkpoints/<stage>-<fingerprint>``,
     keyed by everything that decides the result: config, architecture, data and initial weights.
     ``standardizer``: a standardizer folder (SerialGen's stage II): every reference is standardized
-    by it before training (``prepare_references``, as sampling does) and the model carries it.
+    by it before training (``prepare_references``, as sampling does) and the model carries it, its
+    standard views at ``placement`` (``models/standardizer.py``).
     ``model`` and ``data``: a model and rows built by the caller (the standardizer's), ``extra``
     what else decides them (into the checkpoints' fingerprint). ``name``: the stage's name when it
     trains with another stage's settings (sft_std with sft's): its checkpoints and logs.
@@ -272,7 +274,7 @@ def run_fit(stage: str, params: Params, dataset_dir: Path, out: Path, reports: P
         model = SubjectGenerator.from_pretrained(init) if init else \
             build_generator(params.generator, params.synthesize.resolution, cfg.seed)
     if standardizer is not None:
-        model.standardizer = Standardizer.load(standardizer)
+        model.standardizer = Standardizer.load(standardizer).placed(placement)
         print(f"{stage}: standardizing {sum(len(r) for r in data.refs)} references with {standardizer}", flush=True)
         data.refs = prepare_references(data.refs, reference_layout, model.standardizer)
     # compile is left out: a speed setting (a compiled run's checkpoint resumes an eager run and back)

@@ -2,9 +2,11 @@
 SFT on standardized references, SerialGen's stage II): their paths and their run."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..bootstrap.redraw import keep_in_place
 from ..config import Params
 from ..data.manifest import read_manifest
 from ..judging.base import isolate
@@ -32,22 +34,35 @@ def run_sft(params: Params, paths: SftPaths, name: str = "sft", standardize: boo
     standardize = cfg.standardize_refs if standardize is None else standardize
     replay = paths.single if cfg.ref_count_probs.get(1, 0) > 0 else None
     data = extra = None
-    if standardize and cfg.standardize_from == "target":
-        data = target_references(paths.data, params.multisubject.subject_size)
-        extra = {"standardize_from": "target", "subject_size": params.multisubject.subject_size}
+    keep = cfg.standardize_placement == "keep"
+    if standardize:
+        extra = {"placement": cfg.standardize_placement}
+        if cfg.standardize_from == "target":
+            data = target_references(paths.data, params.multisubject.subject_size, in_place=keep)
+            extra |= {"standardize_from": "target", "subject_size": params.multisubject.subject_size}
     # the model expects its references as its data showed them (multisubject.recompose_layout)
     return run_fit("sft", params, paths.data, paths.out, paths.reports, paths.checkpoints, init=paths.init,
                    ref_count_probs=dict(cfg.ref_count_probs), replay=replay, reference_layout=load_layout(paths.data),
-                   standardizer=paths.standardizer if standardize else None, data=data, extra=extra, name=name)
+                   standardizer=paths.standardizer if standardize else None, placement=cfg.standardize_placement,
+                   data=data, extra=extra, name=name)
 
 
-def target_references(dataset_dir: Path, subject_size: int) -> Pairs:
+def target_references(dataset_dir: Path, subject_size: int, in_place: bool = False) -> Pairs:
     """The dataset's pairs with reference k replaced by subject k as the target renders it (its
-    manifest box), isolated at ``subject_size`` as PSR's redraw was handed it: the standardizer's
-    input when SFT trains on standardized references from the target (``sft.standardize_from``).
-    The replayed single-subject pairs keep their rendered references."""
+    manifest box), as PSR's redraw was handed it: isolated at ``subject_size`` or, with
+    ``in_place``, where it sits in the target for the references the bootstrapping drew in place
+    (their ``ref_scenes`` provenance says so; ``bootstrap.redraw.keep_in_place``). The
+    standardizer's input when SFT trains on standardized references from the target
+    (``sft.standardize_from``). The replayed single-subject pairs keep their rendered references."""
     manifest = read_manifest(dataset_dir)
     data = load_pairs(dataset_dir, manifest)
-    data.refs = [[isolate(target, tuple(int(v) for v in box), subject_size) for box in boxes]
-                 for target, boxes in zip(data.targets, manifest.boxes)]
+
+    def source(target, box, scene: str):
+        box = tuple(int(v) for v in box)
+        if in_place and json.loads(scene).get("in_place", False):
+            return keep_in_place(target, box)
+        return isolate(target, box, subject_size)
+
+    data.refs = [[source(target, box, scene) for box, scene in zip(boxes, scenes)]
+                 for target, boxes, scenes in zip(data.targets, manifest.boxes, manifest.ref_scenes)]
     return data
