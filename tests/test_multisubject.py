@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from components import multisubject, world
 from components.bootstrap import pairs, redraw
 from components.bootstrap.pairs import pair_status
-from components.bootstrap.redraw import keep_in_place
+from components.judging.base import keep_in_place
 from components.config import Params
 from components.data.grids import load_rgb
 from components.data.manifest import read_manifest

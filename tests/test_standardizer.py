@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from components import judges as judges_stage
 from components import standardizer as standardizer_stage
 from components.data.manifest import read_manifest
-from components.judging.base import isolate
+from components.judging.base import isolate, keep_in_place
 from components.models import conditioning
 from components.models.conditioning import POSE_DIMS, ReferenceAnalyser, ReferenceConditioner, pose_vector
 from components.models.generator import SubjectGenerator, to_model, to_uint8
@@ -480,7 +480,6 @@ def test_with_placement_keep_sft_hands_the_standardizer_what_the_redraw_read(std
                                                                              judge_world):
     """standardize_placement keep: a reference the bootstrapping drew in place is read in place
     from the target (keep_in_place), a re-centred one isolated; run_fit is told the placement."""
-    from components.bootstrap.redraw import keep_in_place
     from components.config import Params
     from components.training import sft
 

@@ -20,14 +20,14 @@ from ..config import Params  # noqa: E402
 from ..data.grids import grid, load_rgb  # noqa: E402
 from ..data.manifest import MANIFEST, read_manifest  # noqa: E402
 from ..io import atomic_dir, write_text_atomic  # noqa: E402
-from ..judging.base import isolate  # noqa: E402
+from ..judging.base import isolate, keep_in_place  # noqa: E402
 from ..judging.sets import load_judge_set  # noqa: E402
 from ..models import layout  # noqa: E402
 from ..models.generator import SubjectGenerator  # noqa: E402
 from ..models.sampling import SamplingSettings  # noqa: E402
 from . import SPLIT
 from .recompose import recompose
-from .redraw import draw_scenes, keep_in_place, new_backgrounds, redraw_scenes, regeneration_prompt
+from .redraw import draw_scenes, new_backgrounds, redraw_scenes, regeneration_prompt
 
 STATUSES = ("kept", "not_in_target", "not_in_reference", "inconsistent", "not_drawn")
 REASONS = STATUSES[1:4]  # why a pair is dropped; not_drawn never is the reason

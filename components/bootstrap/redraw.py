@@ -26,17 +26,6 @@ def draw_scenes(subsets: pd.Series, n: int, weights: dict[str, float], seed: int
     return np.sort(np.random.default_rng(seed).choice(len(subsets), n, replace=False, p=w / w.sum()))
 
 
-def keep_in_place(image: np.ndarray, box: Box, pad: float = 0.1) -> np.ndarray:
-    """The subject in ``box`` where it sits in ``image``, alone: the box (padded by ``pad`` of its
-    longer side) kept as it is, everything around it continued from the box's edges, so the other
-    subjects of the scene are gone. The in-place counterpart of :func:`judging.base.isolate`."""
-    h, w = image.shape[:2]
-    x0, y0, x1, y1 = (int(v) for v in box)
-    p = int(round(max(x1 - x0, y1 - y0) * pad))
-    x0, y0, x1, y1 = max(x0 - p, 0), max(y0 - p, 0), min(max(x1 + p, x0 + 1), w), min(max(y1 + p, y0 + 1), h)
-    return np.pad(image[y0:y1, x0:x1], ((y0, h - y1), (x0, w - x1), (0, 0)), mode="edge")
-
-
 def regeneration_prompt(category: str, background: str) -> str:
     """A single-subject prompt, as the pretraining data words them."""
     return f"the {category} from image 1 {backgrounds.PHRASES[background]}"

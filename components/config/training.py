@@ -218,21 +218,17 @@ class StandardizerParams(StageTrainingParams):
 class SftParams(StageTrainingParams):
     """Multi-subject SFT: the shared loop on the bootstrapped data, from the pretrained weights."""
 
-    standardize_refs: bool = Field(
-        False, description="SerialGen's stage II: every reference is first standardized by models/standardizer "
-                           "(frozen); the model carries it, and whatever samples the model standardizes the same way.")
+    standardize_refs: bool = Field(False, description="SerialGen's stage II: every reference is first standardized by "
+                                   "models/standardizer (frozen), which the model carries and samples through.")
     standardize_from: Literal["target", "reference"] = Field(
-        "target", description="What the standardizer reads for a training reference. target = the subject as the "
-        "pair's target renders it, isolated as the redraw's input was (multisubject.subject_size): the standard view "
-        "keeps no pose, place or background of it, the leak PSR's redraw removes. reference = PSR's redraw, drawn by "
-        "the pretrained model, a style the standardizer (trained on rendered sources) was not trained on "
+        "target", description="What the standardizer reads for a training reference. target = the target's own "
+        "subject, as PSR's redraw was handed it (re-centred at multisubject.subject_size; in place too with "
+        "standardize_placement keep). reference = PSR's redraw, a style the standardizer was not trained on "
         "(docs/experiments/serialgen.md, section 5).")
     standardize_placement: Literal["keep", "centre"] = Field(
-        "centre", description="Where a standardized reference shows its subject. centre = SerialGen's canonical view "
-        "(centred, at the standard size). keep = where and as large as the reference showed it (pose, rotation and "
-        "background standardized, placement kept): this generator takes each subject's place and size from its "
-        "reference, and with target references the standardizer reads what PSR's redraw read, in place or "
-        "re-centred (multisubject.in_place). Recorded in the model's standardizer (docs/experiments/serialgen.md).")
+        "centre", description="Where a standardized reference shows its subject. centre = SerialGen's canonical view. "
+        "keep = where and as large as the reference showed it (only pose, rotation and background standardized): "
+        "this generator takes each subject's place and size from its reference. Recorded in the model's standardizer.")
 
     ref_count_probs: dict[Annotated[int, Field(ge=1)], Annotated[float, Field(ge=0)]] = Field(
         {1: 0.2, 2: 0.2, 3: 0.25, 4: 0.35}, description="Probability of a batch with 2, 3 or 4 references; "

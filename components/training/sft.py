@@ -6,10 +6,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..bootstrap.redraw import keep_in_place
 from ..config import Params
 from ..data.manifest import read_manifest
-from ..judging.base import isolate
+from ..judging.base import isolate, keep_in_place
 from ..models.layout import load_layout
 from ..pipeline.stage import path_field
 from .fit import Pairs, load_pairs, run_fit
@@ -51,7 +50,7 @@ def target_references(dataset_dir: Path, subject_size: int, in_place: bool = Fal
     """The dataset's pairs with reference k replaced by subject k as the target renders it (its
     manifest box), as PSR's redraw was handed it: isolated at ``subject_size`` or, with
     ``in_place``, where it sits in the target for the references the bootstrapping drew in place
-    (their ``ref_scenes`` provenance says so; ``bootstrap.redraw.keep_in_place``). The
+    (their ``ref_scenes`` provenance says so; ``judging.base.keep_in_place``). The
     standardizer's input when SFT trains on standardized references from the target
     (``sft.standardize_from``). The replayed single-subject pairs keep their rendered references."""
     manifest = read_manifest(dataset_dir)

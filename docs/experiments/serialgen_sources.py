@@ -19,10 +19,9 @@ import numpy as np
 import pandas as pd
 
 from components import world
-from components.bootstrap.redraw import keep_in_place
 from components.config import load_params
 from components.data.grids import load_rgb
-from components.judging.base import crop_subject, isolate
+from components.judging.base import crop_subject, isolate, keep_in_place
 from components.judging.sets import load_judge_set
 from components.models.standardizer import Standardizer
 from components.standardize.train import mask_box
