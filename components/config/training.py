@@ -226,9 +226,9 @@ class SftParams(StageTrainingParams):
         "standardize_placement keep). reference = PSR's redraw, a style the standardizer was not trained on "
         "(docs/experiments/serialgen.md, section 5).")
     standardize_placement: Literal["keep", "centre"] = Field(
-        "centre", description="Where a standardized reference shows its subject. centre = SerialGen's canonical view. "
-        "keep = where and as large as the reference showed it (only pose, rotation and background standardized): "
-        "this generator takes each subject's place and size from its reference. Recorded in the model's standardizer.")
+        "keep", description="Where a standardized reference shows its subject. keep = where and as large as the "
+        "reference showed it (only pose, rotation and background standardized): this generator takes each subject's "
+        "place and size from its reference. centre = SerialGen's canonical view. Recorded in the model's standardizer.")
 
     ref_count_probs: dict[Annotated[int, Field(ge=1)], Annotated[float, Field(ge=0)]] = Field(
         {1: 0.2, 2: 0.2, 3: 0.25, 4: 0.35}, description="Probability of a batch with 2, 3 or 4 references; "
