@@ -145,17 +145,18 @@ def place_like(x: torch.Tensor, fg: torch.Tensor, fg_ref: torch.Tensor,
         if int(m.sum()) < 4 or int(r.sum()) < 4:
             continue
         scale = math.sqrt(float(r.sum()) / float(m.sum()))  # output pixels per view pixel
-
-        def centre(mask):
-            ys, xs = torch.nonzero(mask, as_tuple=True)
-            return torch.tensor([xs.min() + xs.max() + 1, ys.min() + ys.max() + 1]).float() / 2
-
-        src = (pixels - centre(r)) / scale + centre(m)
+        src = (pixels - _box_centre(r)) / scale + _box_centre(m)
         grid = (src / (side / 2) - 1)[None]
         moved = F.grid_sample(x[i:i + 1] - background[:, None, None], grid, mode="bilinear", padding_mode="zeros",
                               align_corners=False)
         out[i] = moved[0] + background[:, None, None]
     return out
+
+
+def _box_centre(mask: torch.Tensor) -> torch.Tensor:
+    """(x, y) of the centre of a (S, S) bool mask's box, in pixel units."""
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    return torch.tensor([xs.min() + xs.max() + 1, ys.min() + ys.max() + 1]).float() / 2
 
 
 def view_mask(x: torch.Tensor, background: torch.Tensor, tol: float = 0.12) -> torch.Tensor:
