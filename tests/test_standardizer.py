@@ -175,7 +175,7 @@ def test_sft_trains_on_the_references_sampling_would_hand_it(std_folder, tmp_pat
     real = fit.fit_generator
 
     def record(stage, model, pairs, *a, **k):
-        captured["refs"], captured["std"] = pairs.refs, model.standardizer
+        captured["refs"], captured["std"], captured["checkpoints"] = pairs.refs, model.standardizer, a[3]
         return real(stage, model, pairs, *a, **k)
 
     monkeypatch.setattr(fit, "fit_generator", record)
@@ -188,6 +188,10 @@ def test_sft_trains_on_the_references_sampling_would_hand_it(std_folder, tmp_pat
     assert all(np.array_equal(a, b) for r, e in zip(captured["refs"], expected) for a, b in zip(r, e))
     assert captured["std"] is not None
     assert SubjectGenerator.from_pretrained(tmp_path / "out").standardizer is not None
+    centre = captured["checkpoints"]  # the placement decides the result, so it keys the checkpoints
+    fit.run_fit("sft", Params.model_validate(params), data, tmp_path / "out", tmp_path / "rep", tmp_path / "ck",
+                init=init, reference_layout="slots", standardizer=std_folder, placement="keep")
+    assert captured["std"].routes.placement == "keep" and captured["checkpoints"] != centre
 
 
 def test_sft_standardizes_each_target_s_own_subject_unless_told_the_reference(std_folder, tmp_path, monkeypatch,
@@ -496,7 +500,7 @@ def test_with_placement_keep_sft_hands_the_standardizer_what_the_redraw_read(std
     paths = sft.SftPaths(data=data, single=judge_world[0] / "single", init=tmp_path, standardizer=std_folder,
                          out=tmp_path / "o", reports=tmp_path / "r", checkpoints=tmp_path / "c")
     sft.run_sft(Params.model_validate(params), paths, standardize=True)
-    assert seen["placement"] == "keep" and seen["extra"]["placement"] == "keep"
+    assert seen["placement"] == "keep"
     for t, refs, boxes, row in zip(seen["data"].targets, seen["data"].refs, manifest.boxes, flags):
         for ref, box, in_place in zip(refs, boxes, row):
             box = tuple(int(v) for v in box)

@@ -34,11 +34,9 @@ def run_sft(params: Params, paths: SftPaths, name: str = "sft", standardize: boo
     replay = paths.single if cfg.ref_count_probs.get(1, 0) > 0 else None
     data = extra = None
     keep = cfg.standardize_placement == "keep"
-    if standardize:
-        extra = {"placement": cfg.standardize_placement}
-        if cfg.standardize_from == "target":
-            data = target_references(paths.data, params.multisubject.subject_size, in_place=keep)
-            extra |= {"standardize_from": "target", "subject_size": params.multisubject.subject_size}
+    if standardize and cfg.standardize_from == "target":
+        data = target_references(paths.data, params.multisubject.subject_size, in_place=keep)
+        extra = {"standardize_from": "target", "subject_size": params.multisubject.subject_size}
     # the model expects its references as its data showed them (multisubject.recompose_layout)
     return run_fit("sft", params, paths.data, paths.out, paths.reports, paths.checkpoints, init=paths.init,
                    ref_count_probs=dict(cfg.ref_count_probs), replay=replay, reference_layout=load_layout(paths.data),
