@@ -505,3 +505,42 @@ def test_with_placement_keep_sft_hands_the_standardizer_what_the_redraw_read(std
         for ref, box, in_place in zip(refs, boxes, row):
             box = tuple(int(v) for v in box)
             assert np.array_equal(ref, keep_in_place(t, box) if in_place else isolate(t, box, 20))
+
+
+def test_the_cut_route_cuts_objects_out_as_they_stand_whatever_rotation_the_analyser_reads(std_folder, tmp_path,
+                                                                                            monkeypatch):
+    """objects cut: the analyser's mask cuts the object out onto the plain background, centred and
+    sized, or in place with keep; the rotation it reads is not applied (the warp route applies it),
+    and no object is sampled; the route travels with a generator."""
+    folder = tmp_path / "standardizer"
+    SubjectGenerator.from_pretrained(std_folder).save_pretrained(folder)
+    SamplingSettings(steps=2, guidance=1.0).save(folder)
+    images = [hand_drawn(0), hand_drawn(2)]
+    fg = torch.zeros(2, 32, 32)
+    fg[0, 4:14, 18:28] = 1.0
+    fg[1, 12:26, 6:16] = 1.0
+    pose = torch.tensor([pose_vector(None, 35.0), pose_vector(None, 180.0)])
+    monkeypatch.setattr(Standardizer, "analyse", lambda self, ims: (
+        fg[[next(i for i, im in enumerate(images) if np.array_equal(im, x)) for x in ims]],
+        pose[[next(i for i, im in enumerate(images) if np.array_equal(im, x)) for x in ims]]))
+    bg, x = plain_background(), to_model(images)
+    for placement in ("centre", "keep"):
+        views = {}
+        for route in ("cut", "warp"):
+            Routes(route, 0.5, placement).save(folder)
+            std = Standardizer.load(folder)
+            monkeypatch.setattr(std.model, "sample", lambda *a, **k: pytest.fail("an object was sampled"))
+            views[route] = std(images)
+        keep = placement == "keep"
+        upright = to_uint8(warp_to_standard(x, fg, torch.zeros(2), 0.5, bg, in_place=keep)[0])
+        turned = to_uint8(warp_to_standard(x, fg, torch.tensor([35.0, 180.0]), 0.5, bg, in_place=keep)[0])
+        for i in range(2):
+            assert np.array_equal(views["cut"][i], upright[i]) and np.array_equal(views["warp"][i], turned[i])
+            assert not np.array_equal(views["cut"][i], views["warp"][i])
+    Routes("cut", 0.5, "keep").save(folder)
+    gen = SubjectGenerator.tiny(**SMALL_GEN, seed=4)
+    gen.standardizer = Standardizer.load(folder)
+    gen.save_pretrained(tmp_path / "g")
+    assert SubjectGenerator.from_pretrained(tmp_path / "g").standardizer.routes == Routes("cut", 0.5, "keep")
+    with pytest.raises(ValueError, match="object_extent"):
+        Routes("cut", 0.0)

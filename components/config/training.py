@@ -201,10 +201,10 @@ class StandardizerParams(StageTrainingParams):
                                          "reference's tokens by the analyser's mask share of each token.")
     rpim: bool = Field(True, description="RPIM's analogue: the analyser's pose estimate, through a small MLP, added "
                                          "to the reference's tokens.")
-    objects: Literal["warp", "generate"] = Field(
-        "warp", description="How an object reaches its standard view. warp = the similarity transform the analyser "
-        "estimates (its mask cut out, its rotation undone, centred, scaled to the training standard views' size, on "
-        "the plain background): an object's standard view is one. generate = redrawn by the standardizer like the "
+    objects: Literal["warp", "cut", "generate"] = Field(
+        "warp", description="How an object reaches its standard view. warp = cut out by the analyser's mask, its "
+        "rotation undone, centred and scaled to the training standard views' size, on the plain background. cut = the "
+        "same, not turned (the pose estimator is 45 degrees off on held-out objects). generate = redrawn like the "
         "person, which turned objects into blobs (docs/experiments/serialgen.md). The person is always redrawn.")
     seed: int = Field(0, description="Seed of the analyser and of the held-out evaluation pairs.")
     analyser_steps: Annotated[int, Field(ge=1)] = Field(1500, description="Steps of the reference analyser.")

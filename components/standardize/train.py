@@ -15,7 +15,7 @@ from ..config import Params
 from ..data.grids import grid
 from ..judging.base import crop_subject
 from ..models import conditioning
-from ..models.standardizer import PROMPT, Routes, Standardizer, box_extent
+from ..models.standardizer import CUT_OUT, PROMPT, Routes, Standardizer, box_extent
 from ..training.fit import Pairs, build_generator, run_fit
 from .analyser import StandardizePairs, analyser_accuracy, heldout_pairs, load_pairs, pose_baseline, train_analyser
 
@@ -59,13 +59,14 @@ def accuracy_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def standardizer_routes(objects: str, data: StandardizePairs) -> Routes:
-    """The routes the stage writes: ``objects`` warped at the size the training standard views'
-    objects have (``box_extent``), or redrawn; redrawn when the data has no object to size them by."""
+    """The routes the stage writes: ``objects`` warped or cut out at the size the training standard
+    views' objects have (``box_extent``), or redrawn; redrawn when the data has no object to size
+    them by."""
     is_object = np.array([c != world.CHARACTER for c in data.categories])
-    if objects == "warp" and not is_object.any():
+    if objects in CUT_OUT and not is_object.any():
         print("standardizer: WARNING no object in the data to size warped objects by; objects are redrawn", flush=True)
         return Routes("generate")
-    return Routes(objects, box_extent(data.target_masks[is_object]) if objects == "warp" else 0.0)
+    return Routes(objects, box_extent(data.target_masks[is_object]) if objects in CUT_OUT else 0.0)
 
 
 def run_standardizer(params: Params, paths) -> dict:
