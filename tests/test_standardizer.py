@@ -192,6 +192,10 @@ def test_sft_trains_on_the_references_sampling_would_hand_it(std_folder, tmp_pat
     fit.run_fit("sft", Params.model_validate(params), data, tmp_path / "out", tmp_path / "rep", tmp_path / "ck",
                 init=init, reference_layout="slots", standardizer=std_folder, placement="keep")
     assert captured["std"].routes.placement == "keep" and captured["checkpoints"] != centre
+    keep = captured["checkpoints"]
+    fit.run_fit("sft", Params.model_validate(params), data, tmp_path / "out", tmp_path / "rep", tmp_path / "ck",
+                init=init, reference_layout="slots", standardizer=std_folder, placement="keep", min_extent=0.4)
+    assert captured["std"].routes.min_extent == 0.4 and captured["checkpoints"] not in (centre, keep)
 
 
 def test_sft_standardizes_each_target_s_own_subject_unless_told_the_reference(std_folder, tmp_path, monkeypatch,
@@ -264,12 +268,12 @@ def test_the_stage_trains_the_standardizer_and_scores_it_on_heldout_identities(j
     for f in ("accuracy.csv", "accuracy.md", "heldout.csv", "heldout_grid.png", "analyser.json"):
         assert (tmp_path / "reports" / f).is_file(), f
     assert Standardizer.load(out)([hand_drawn()])[0].shape == (32, 32, 3)
-    # the default: objects warped, scaled as the training standard views' objects are
+    # the default: objects cut out, scaled as the training standard views' objects are
     pairs = load_standardize_pairs(data / "standardize", params["synthesize"]["resolution"],
                                    params["synthesize"]["supersample"])
     objects = np.array([c != "person" for c in pairs.categories])
-    assert Routes.load(out) == Routes("warp", box_extent(pairs.target_masks[objects]))
-    assert m["routes"] == {"objects": "warp", "object_extent": Routes.load(out).object_extent, "placement": "centre"}
+    assert Routes.load(out) == Routes("cut", box_extent(pairs.target_masks[objects]))
+    assert m["routes"] == {"objects": "cut", "object_extent": Routes.load(out).object_extent, "placement": "centre"}
     assert 0 <= m["analyser"]["heldout_routed_right"] <= 1  # 6 rows of an analyser trained 6 steps: no bound
 
 
@@ -544,3 +548,38 @@ def test_the_cut_route_cuts_objects_out_as_they_stand_whatever_rotation_the_anal
     assert SubjectGenerator.from_pretrained(tmp_path / "g").standardizer.routes == Routes("cut", 0.5, "keep")
     with pytest.raises(ValueError, match="object_extent"):
         Routes("cut", 0.0)
+
+
+def test_keep_enlarges_a_small_subject_to_min_extent_where_it_stands_and_keeps_it_whole():
+    """min_extent: a subject whose box is under it is scaled up to it about its own centre, moved
+    inwards only as far as the frame needs; a large enough one is left as keep leaves it; the
+    person's placement does the same."""
+    bg = plain_background()
+    colour = torch.tensor([0.8, -0.8, 0.0])
+    for route in ("object", "person"):
+        for (y0, x0), inwards in (((14, 10), False), ((1, 26), True)):  # mid-frame; in the top right corner
+            x = bg[None, :, None, None].repeat(1, 1, 32, 32)
+            x[0, :, y0:y0 + 4, x0:x0 + 4] = colour[:, None, None]  # a 4 px square
+            m = view_mask(x, bg)
+            if route == "object":
+                out = warp_to_standard(x, m, torch.zeros(1), 0.9, bg, in_place=True, min_extent=0.5)[0]
+                plain = warp_to_standard(x, m, torch.zeros(1), 0.9, bg, in_place=True)[0]
+            else:
+                out, plain = place_like(x, m, m, bg, min_extent=0.5), place_like(x, m, m, bg)
+            got = (out - bg[None, :, None, None]).abs().amax(1)[0] > 0.5 * float((colour - bg).abs().max())
+            ys, xs = torch.nonzero(got, as_tuple=True)  # the pixels at least half the subject's colour
+            assert all(14 <= int(v.max() - v.min()) + 1 <= 18 for v in (ys, xs))  # 16 px, give or take the blended edges
+            cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
+            if inwards:  # whole, against the top and right edges
+                assert int(ys.min()) <= 1 and int(xs.max()) >= 30 and abs(float(cy) - 8) <= 1 and abs(float(cx) - 24) <= 1
+            else:  # about its own centre
+                assert abs(float(cy) - (y0 + 2)) <= 1 and abs(float(cx) - (x0 + 2)) <= 1
+            assert torch.allclose(plain, x, atol=1e-5)  # without min_extent: as it stood
+        big = bg[None, :, None, None].repeat(1, 1, 32, 32)
+        big[0, :, 4:24, 6:26] = colour[:, None, None]  # 20 px: above min_extent, left as it is
+        m = view_mask(big, bg)
+        out = warp_to_standard(big, m, torch.zeros(1), 0.9, bg, in_place=True, min_extent=0.5)[0] \
+            if route == "object" else place_like(big, m, m, bg, min_extent=0.5)
+        assert torch.allclose(out, big, atol=1e-5)
+    with pytest.raises(ValueError, match="min_extent"):
+        Routes("cut", 0.5, "keep", 1.5)

@@ -202,7 +202,7 @@ class StandardizerParams(StageTrainingParams):
     rpim: bool = Field(True, description="RPIM's analogue: the analyser's pose estimate, through a small MLP, added "
                                          "to the reference's tokens.")
     objects: Literal["warp", "cut", "generate"] = Field(
-        "warp", description="How an object reaches its standard view. warp = cut out by the analyser's mask, its "
+        "cut", description="How an object reaches its standard view. warp = cut out by the analyser's mask, its "
         "rotation undone, centred and scaled to the training standard views' size, on the plain background. cut = the "
         "same, not turned (the pose estimator is 45 degrees off on held-out objects). generate = redrawn like the "
         "person, which turned objects into blobs (docs/experiments/serialgen.md). The person is always redrawn.")
@@ -222,13 +222,13 @@ class SftParams(StageTrainingParams):
                                    "models/standardizer (frozen), which the model carries and samples through.")
     standardize_from: Literal["target", "reference"] = Field(
         "target", description="What the standardizer reads for a training reference. target = the target's own "
-        "subject, as PSR's redraw was handed it (re-centred at multisubject.subject_size; in place too with "
-        "standardize_placement keep). reference = PSR's redraw, a style the standardizer was not trained on "
-        "(docs/experiments/serialgen.md, section 5).")
+        "subject, as PSR's redraw was handed it (re-centred, or in place with placement keep). reference = PSR's "
+        "redraw, a style the standardizer was not trained on (docs/experiments/serialgen.md, section 5).")
     standardize_placement: Literal["keep", "centre"] = Field(
-        "keep", description="Where a standardized reference shows its subject. keep = where and as large as the "
-        "reference showed it (only pose, rotation and background standardized): this generator takes each subject's "
-        "place and size from its reference. centre = SerialGen's canonical view. Recorded in the model's standardizer.")
+        "keep", description="Where a standardized reference shows its subject. keep = where the reference showed it, "
+        "as large (this generator takes each subject's place from its reference); centre = SerialGen's canonical view.")
+    standardize_min_extent: Annotated[float, Field(ge=0, le=1)] = Field(0.36, description="With keep, a subject whose "
+        "box's longer side is under this share of the side is enlarged to it (0: never). Both recorded in the model.")
 
     ref_count_probs: dict[Annotated[int, Field(ge=1)], Annotated[float, Field(ge=0)]] = Field(
         {1: 0.2, 2: 0.2, 3: 0.25, 4: 0.35}, description="Probability of a batch with 2, 3 or 4 references; "

@@ -63,17 +63,22 @@ class Routes:
     """How references reach their standard view (``standardizer.json``): ``objects`` warp, cut or
     generate; ``object_extent``, the longer side of an object's box in the standard view as a
     share of the image's side (the median over the training standard views; a warped object is
-    scaled to it); ``placement``, centre or keep (see the module's docstring)."""
+    scaled to it); ``placement``, centre or keep (see the module's docstring); ``min_extent``, with
+    keep, the share of the side a subject's box's longer side is enlarged to if it is smaller (0:
+    never), the subject moved inwards as far as it must to stay whole."""
 
     objects: str = "generate"
     object_extent: float = 0.0
     placement: str = "centre"
+    min_extent: float = 0.0
 
     def __post_init__(self):
         if self.objects not in OBJECT_ROUTES:
             raise ValueError(f"{ROUTES}: objects must be one of {OBJECT_ROUTES}, not {self.objects!r}")
         if self.placement not in PLACEMENTS:
             raise ValueError(f"{ROUTES}: placement must be one of {PLACEMENTS}, not {self.placement!r}")
+        if not 0 <= self.min_extent <= 1:
+            raise ValueError(f"{ROUTES}: min_extent must be in [0, 1], got {self.min_extent}")
         if self.objects in CUT_OUT and not 0 < self.object_extent <= 1:
             raise ValueError(f"{ROUTES}: cutting objects out needs an object_extent in (0, 1], got {self.object_extent}")
 
@@ -93,7 +98,8 @@ def is_person(pose: torch.Tensor) -> torch.Tensor:
 
 
 def warp_to_standard(x: torch.Tensor, fg: torch.Tensor, rotation: torch.Tensor, extent: float,
-                     background: torch.Tensor, in_place: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                     background: torch.Tensor, in_place: bool = False,
+                     min_extent: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Objects' standard views by a similarity transform: images ``x`` (B, 3, S, S) in [-1, 1],
     foreground probabilities ``fg`` (B, S, S), rotations (B,) in degrees, clockwise on screen as
     the renderer turns them. Each subject (``fg > 0.5``) is turned back upright, the centre of its
@@ -101,7 +107,9 @@ def warp_to_standard(x: torch.Tensor, fg: torch.Tensor, rotation: torch.Tensor, 
     image's side, then laid on ``background`` (3,) by its soft mask. Every foreground pixel counts
     towards the box: keeping only the mask's largest part lost more (held-out objects 0.866
     against 0.872) than stray pixels cost. ``in_place``: the subject is turned upright about its
-    box's centre and left where it is, at its own scale (``extent`` unused).
+    box's centre and left where it is, at its own scale (``extent`` unused); one whose upright box's
+    longer side is under ``min_extent`` of the side is enlarged to it, moved inwards as far as it
+    must to stay in the frame.
     Returns the images and which had a subject (B,) bool: an image with none (under 4 pixels) is
     returned as it is."""
     b, _, side, _ = x.shape
@@ -120,8 +128,11 @@ def warp_to_standard(x: torch.Tensor, fg: torch.Tensor, rotation: torch.Tensor, 
         upright = pts @ turn  # each subject pixel turned back (row vectors: p @ R = R^T p)
         lo, hi = upright.min(0).values - 0.5, upright.max(0).values + 0.5
         centre = turn @ ((lo + hi) / 2)
-        k = 1.0 if in_place else float((hi - lo).max()) / (extent * side)  # source pixels per output pixel
-        offset = grid_out + side / 2 - centre if in_place else grid_out  # from where the subject's centre lands
+        longer = float((hi - lo).max())
+        k = min(1.0, longer / (min_extent * side)) if in_place and min_extent else 1.0 if in_place \
+            else longer / (extent * side)  # source pixels per output pixel
+        lands = inside(centre, (hi - lo) / k, side) if in_place and k < 1 else centre  # where its centre lands
+        offset = grid_out + side / 2 - lands if in_place else grid_out
         src = (offset @ turn.T) * k + centre  # the source pixel each output pixel reads
         grid = (src / (side / 2) - 1)[None]
         img = F.grid_sample(x[i:i + 1], grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -133,12 +144,13 @@ def warp_to_standard(x: torch.Tensor, fg: torch.Tensor, rotation: torch.Tensor, 
 
 
 def place_like(x: torch.Tensor, fg: torch.Tensor, fg_ref: torch.Tensor,
-               background: torch.Tensor) -> torch.Tensor:
+               background: torch.Tensor, min_extent: float = 0.0) -> torch.Tensor:
     """Standard views ``x`` (B, 3, S, S) in [-1, 1] moved to where their references showed the
     subject: each view's subject (``fg`` (B, S, S) > 0.5) scaled to the area the reference's
     (``fg_ref`` > 0.5) covers and its box's centre put on the centre of the reference's box; what
-    comes from outside the view is ``background`` (3,). A view or reference with no subject
-    (under 4 pixels) is left as it is."""
+    comes from outside the view is ``background`` (3,). A subject whose box's longer side would
+    be under ``min_extent`` of the side is scaled up to it, moved inwards as far as it must to stay
+    in the frame. A view or reference with no subject (under 4 pixels) is left as it is."""
     side = x.shape[-1]
     out = x.clone()
     coords = torch.arange(side).float() + 0.5
@@ -149,7 +161,11 @@ def place_like(x: torch.Tensor, fg: torch.Tensor, fg_ref: torch.Tensor,
         if int(m.sum()) < 4 or int(r.sum()) < 4:
             continue
         scale = math.sqrt(float(r.sum()) / float(m.sum()))  # output pixels per view pixel
-        src = (pixels - _box_centre(r)) / scale + _box_centre(m)
+        lands, size = _box_centre(r), _box_size(m)
+        if min_extent and float(size.max()) * scale < min_extent * side:
+            scale = min_extent * side / float(size.max())
+            lands = inside(lands, size * scale, side)
+        src = (pixels - lands) / scale + _box_centre(m)
         grid = (src / (side / 2) - 1)[None]
         moved = F.grid_sample(x[i:i + 1] - background[:, None, None], grid, mode="bilinear", padding_mode="zeros",
                               align_corners=False)
@@ -161,6 +177,20 @@ def _box_centre(mask: torch.Tensor) -> torch.Tensor:
     """(x, y) of the centre of a (S, S) bool mask's box, in pixel units."""
     ys, xs = torch.nonzero(mask, as_tuple=True)
     return torch.tensor([xs.min() + xs.max() + 1, ys.min() + ys.max() + 1]).float() / 2
+
+
+def _box_size(mask: torch.Tensor) -> torch.Tensor:
+    """(width, height) of a (S, S) bool mask's box, in pixels."""
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    return torch.tensor([xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]).float()
+
+
+def inside(centre: torch.Tensor, size: torch.Tensor, side: int) -> torch.Tensor:
+    """A box's centre (x, y) moved the least that puts a box of ``size`` (w, h) inside the frame
+    (centred on an axis the box is longer than)."""
+    half = size / 2
+    return torch.where(half * 2 >= side, torch.full_like(centre, side / 2),
+                       torch.minimum(torch.maximum(centre, half), side - half))
 
 
 def view_mask(x: torch.Tensor, background: torch.Tensor, tol: float = 0.12) -> torch.Tensor:
@@ -240,11 +270,11 @@ class Standardizer:
         """(B,) bool: which images the analyser takes for the person (redrawn by the generator)."""
         return is_person(self.analyse(images)[1]).numpy()
 
-    def placed(self, placement: str) -> Standardizer:
-        """This standardizer with its standard views at ``placement`` (centre or keep); its cache
-        is dropped if that changes anything."""
-        if placement != self.routes.placement:
-            self.routes, self._cache = replace(self.routes, placement=placement), {}
+    def placed(self, placement: str, min_extent: float = 0.0) -> Standardizer:
+        """This standardizer with its standard views at ``placement`` (centre or keep), subjects
+        under ``min_extent`` enlarged (``Routes``); its cache is dropped if that changes anything."""
+        if (placement, min_extent) != (self.routes.placement, self.routes.min_extent):
+            self.routes, self._cache = replace(self.routes, placement=placement, min_extent=min_extent), {}
         return self
 
     @torch.no_grad()
@@ -262,7 +292,8 @@ class Standardizer:
                                     guidance=s.guidance, precision=s.precision, noise=self.noise(part))["images"]
             if self.routes.placement == "keep":
                 bg, x = plain_background(), to_model(out)
-                out = to_uint8(place_like(x, view_mask(x, bg), self.analyse([first[k] for k in part])[0], bg))
+                out = to_uint8(place_like(x, view_mask(x, bg), self.analyse([first[k] for k in part])[0], bg,
+                                          self.routes.min_extent))
             views.update(zip(part, out))
         self._cache.update(views)
         return [self._cache[k] for k in keys]
@@ -280,7 +311,8 @@ class Standardizer:
                 rotation = torch.rad2deg(torch.atan2(pose[idx, 8], pose[idx, 9])) if self.routes.objects == "warp" \
                     else torch.zeros(len(idx))  # cut: turned as the reference shows it
                 warped, found = warp_to_standard(to_model([images[part[j]] for j in objects]), fg[idx], rotation,
-                                                 self.routes.object_extent, bg, self.routes.placement == "keep")
+                                                 self.routes.object_extent, bg, self.routes.placement == "keep",
+                                                 self.routes.min_extent)
                 done = {part[j]: w for j, w, f in zip(objects, to_uint8(warped), found.tolist()) if f}
             views.update(done)
             rest += [k for k in part if k not in done]

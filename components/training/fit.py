@@ -245,7 +245,7 @@ def fit_generator(stage: str, model: SubjectGenerator, data: Pairs, cfg: TrainCo
 def run_fit(stage: str, params: Params, dataset_dir: Path, out: Path, reports: Path, checkpoints: Path,
             init: Path | None = None, ref_count_probs: dict[int, float] | None = None,
             replay: Path | None = None, reference_layout: str = "as_given", standardizer: Path | None = None,
-            placement: str = "centre",
+            placement: str = "centre", min_extent: float = 0.0,
             model: SubjectGenerator | None = None, data: Pairs | None = None, extra: dict | None = None,
             name: str | None = None, write_extras: Callable[[Path], None] | None = None) -> dict:
     """Load data, build (or load ``init``) the generator, train it with ``params.train_config(stage)``
@@ -255,7 +255,7 @@ def run_fit(stage: str, params: Params, dataset_dir: Path, out: Path, reports: P
     keyed by everything that decides the result: config, architecture, data and initial weights.
     ``standardizer``: a standardizer folder (SerialGen's stage II): every reference is standardized
     by it before training (``prepare_references``, as sampling does) and the model carries it, its
-    standard views at ``placement`` (``models/standardizer.py``).
+    standard views at ``placement``, subjects under ``min_extent`` enlarged (``models/standardizer.py``).
     ``model`` and ``data``: a model and rows built by the caller (the standardizer's), ``extra``
     what else decides them (into the checkpoints' fingerprint). ``name``: the stage's name when it
     trains with another stage's settings (sft_std with sft's): its checkpoints and logs.
@@ -274,13 +274,13 @@ def run_fit(stage: str, params: Params, dataset_dir: Path, out: Path, reports: P
         model = SubjectGenerator.from_pretrained(init) if init else \
             build_generator(params.generator, params.synthesize.resolution, cfg.seed)
     if standardizer is not None:
-        model.standardizer = Standardizer.load(standardizer).placed(placement)
+        model.standardizer = Standardizer.load(standardizer).placed(placement, min_extent)
         print(f"{stage}: standardizing {sum(len(r) for r in data.refs)} references with {standardizer}", flush=True)
         data.refs = prepare_references(data.refs, reference_layout, model.standardizer)
     # compile is left out: a speed setting (a compiled run's checkpoint resumes an eager run and back)
     fp = fingerprint(stage, cfg.model_dump(exclude={"compile"}), params.generator.model_dump(), data_digest(dataset_dir),
                      data_digest(replay) if replay is not None else None, folder_hash(init) if init else None,
-                     (folder_hash(standardizer), placement) if standardizer else None, extra)
+                     (folder_hash(standardizer), placement, min_extent) if standardizer else None, extra)
     name = name or stage
     checkpoints = checkpoint_folder(checkpoints, name, fp)
     reports.mkdir(parents=True, exist_ok=True)

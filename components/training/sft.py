@@ -41,6 +41,7 @@ def run_sft(params: Params, paths: SftPaths, name: str = "sft", standardize: boo
     return run_fit("sft", params, paths.data, paths.out, paths.reports, paths.checkpoints, init=paths.init,
                    ref_count_probs=dict(cfg.ref_count_probs), replay=replay, reference_layout=load_layout(paths.data),
                    standardizer=paths.standardizer if standardize else None, placement=cfg.standardize_placement,
+                   min_extent=cfg.standardize_min_extent,
                    data=data, extra=extra, name=name)
 
 

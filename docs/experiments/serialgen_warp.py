@@ -6,7 +6,7 @@ stage's held-out pairs (eval encoder cosine and pixel error against the true sta
 Reads the project's models/standardizer, or the folder given (any `objects` route: both are
 applied here to the same model), data/standardize (the standard views' object size) and models/judges/eval. Rows: the
 standardizer redrawing every reference; objects warped by the analyser's mask and rotation (the
-person redrawn); the same warp with the renderer's true mask and rotation (the route's ceiling);
+person redrawn); objects cut out by its mask, not turned (`objects: cut`); the same warp with the renderer's true mask and rotation (the route's ceiling);
 the untouched reference. Prints the table and how often the analyser routes a row right; the
 grid (reference, redrawn, warped | truth; 12 rows, half of them the person) goes to <grid.png>.
 """
@@ -46,6 +46,7 @@ def main(project: Path, folder: Path, grid_path: Path | None = None) -> None:
     generated = Standardizer(base.model, base.sampling, Routes("generate"))(sources)
     warped_std = Standardizer(base.model, base.sampling, Routes("warp", extent))
     warped = warped_std(sources)
+    cut = Standardizer(base.model, base.sampling, Routes("cut", extent))(sources)
     routed = warped_std.route(sources)
     rotation = torch.rad2deg(torch.atan2(torch.tensor(heldout.poses[:, 8]), torch.tensor(heldout.poses[:, 9])))
     truth = to_uint8(warp_to_standard(to_model(sources), torch.tensor(heldout.source_masks).float(), rotation, extent,
@@ -56,7 +57,7 @@ def main(project: Path, folder: Path, grid_path: Path | None = None) -> None:
           f"(person {np.mean(routed[person]):.3f}, objects {np.mean(~routed[~person]):.3f})\n")
     print("| standardizer | person | objects | all | pixel error, objects |\n|---|---|---|---|---|")
     for name, out in (("redrawn (objects: generate)", generated), ("warped by the analyser (objects: warp)", warped),
-                      ("warped by the true mask and rotation", ceiling)):
+                      ("cut out, not turned (objects: cut)", cut), ("warped by the true mask and rotation", ceiling)):
         t = accuracy_table(standardization_accuracy(out, heldout, encoder, params.judges.crop_size)).set_index("group")
         print(f"| {name} | {t.encoder_cosine['person']:.3f} | {t.encoder_cosine['objects']:.3f} | "
               f"{t.encoder_cosine['all']:.3f} | {t.pixel_error['objects']:.3f} |")
