@@ -273,7 +273,8 @@ def test_the_stage_trains_the_standardizer_and_scores_it_on_heldout_identities(j
                                    params["synthesize"]["supersample"])
     objects = np.array([c != "person" for c in pairs.categories])
     assert Routes.load(out) == Routes("cut", box_extent(pairs.target_masks[objects]))
-    assert m["routes"] == {"objects": "cut", "object_extent": Routes.load(out).object_extent, "placement": "centre"}
+    assert m["routes"] == {"objects": "cut", "object_extent": Routes.load(out).object_extent, "placement": "centre",
+                           "min_extent": 0.0}
     assert 0 <= m["analyser"]["heldout_routed_right"] <= 1  # 6 rows of an analyser trained 6 steps: no bound
 
 

@@ -14,7 +14,7 @@ have in the training standard views (an image where no subject is found is redra
 ``objects: cut`` does the same without turning the object: the pose estimator's rotation is
 wrong by 45 degrees on average on held-out objects (it cannot tell upside down), and a generator
 trained on references turned by it learnt a speckled patchwork (docs/experiments/serialgen.md,
-section 9). ``objects: generate`` redraws objects too (the first design, which turned them into
+section 8). ``objects: generate`` redraws objects too (the first design, which turned them into
 blobs). A folder without the file redraws everything.
 
 Where the standard view stands (``placement``): ``centre``, SerialGen's canonical view (centred,
@@ -24,8 +24,10 @@ its own scale; the person's redraw shifted and scaled to the area the reference'
 covers). This project's generator takes each subject's place and size from its reference (the
 in-place pairs of ``multisubject``, the slots of ``models/layout.py``), so a centred standard
 view removes that channel along with pose and background; ``keep`` removes pose, rotation and
-background only. A generator trained on standardized references records the placement it was
-trained with in its copy of the standardizer.
+background only. With ``keep``, ``min_extent`` standardizes size from below: a subject smaller
+than that share of the side (a user's far-away subject) is enlarged to it where it stands, moved
+inwards only as far as the frame needs. A generator trained on standardized references records
+the placement it was trained with in its copy of the standardizer.
 
 Standardizing is deterministic per image: the ODE starts from noise seeded by the image's bytes,
 so one reference maps to one standardized view whichever batch it comes in, and repeated

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SerialGen, section 9 of docs/experiments/serialgen.md: which step of the standardized references
+# SerialGen, section 8 of docs/experiments/serialgen.md: which step of the standardized references
 # makes sft_std's speckled patchwork. sft_std (sft.standardize_placement keep, standardize_from
 # target) trained and benchmarked alone, with the project's own standardizer routed by a probe
 # patch (serialgen_route_probe.patch, on components/models/standardizer.py at 9319131):
