@@ -584,3 +584,12 @@ def test_keep_enlarges_a_small_subject_to_min_extent_where_it_stands_and_keeps_i
         assert torch.allclose(out, big, atol=1e-5)
     with pytest.raises(ValueError, match="min_extent"):
         Routes("cut", 0.5, "keep", 1.5)
+
+
+def test_placing_a_standardizer_keeps_its_floor_unless_told_another(std_folder, tmp_path):
+    """placed(placement) leaves the minimum size the folder records; placed(placement, m) sets it."""
+    folder = tmp_path / "standardizer"
+    SubjectGenerator.from_pretrained(std_folder).save_pretrained(folder)
+    Routes("cut", 0.5, "keep", 0.36).save(folder)
+    assert Standardizer.load(folder).placed("centre").routes == Routes("cut", 0.5, "centre", 0.36)
+    assert Standardizer.load(folder).placed("keep", 0.0).routes == Routes("cut", 0.5, "keep", 0.0)

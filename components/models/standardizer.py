@@ -272,9 +272,11 @@ class Standardizer:
         """(B,) bool: which images the analyser takes for the person (redrawn by the generator)."""
         return is_person(self.analyse(images)[1]).numpy()
 
-    def placed(self, placement: str, min_extent: float = 0.0) -> Standardizer:
+    def placed(self, placement: str, min_extent: float | None = None) -> Standardizer:
         """This standardizer with its standard views at ``placement`` (centre or keep), subjects
-        under ``min_extent`` enlarged (``Routes``); its cache is dropped if that changes anything."""
+        under ``min_extent`` enlarged (``Routes``; None: the floor it has); its cache is dropped if
+        that changes anything."""
+        min_extent = self.routes.min_extent if min_extent is None else min_extent
         if (placement, min_extent) != (self.routes.placement, self.routes.min_extent):
             self.routes, self._cache = replace(self.routes, placement=placement, min_extent=min_extent), {}
         return self
