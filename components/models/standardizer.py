@@ -130,11 +130,12 @@ def warp_to_standard(x: torch.Tensor, fg: torch.Tensor, rotation: torch.Tensor, 
         upright = pts @ turn  # each subject pixel turned back (row vectors: p @ R = R^T p)
         lo, hi = upright.min(0).values - 0.5, upright.max(0).values + 0.5
         centre = turn @ ((lo + hi) / 2)
-        longer = float((hi - lo).max())
-        k = min(1.0, longer / (min_extent * side)) if in_place and min_extent else 1.0 if in_place \
-            else longer / (extent * side)  # source pixels per output pixel
-        lands = inside(centre, (hi - lo) / k, side) if in_place and k < 1 else centre  # where its centre lands
-        offset = grid_out + side / 2 - lands if in_place else grid_out
+        if in_place:  # k: source pixels per output pixel; enlarged (k < 1) only under min_extent
+            k = min(1.0, float((hi - lo).max()) / (min_extent * side)) if min_extent else 1.0
+            lands = inside(centre, (hi - lo) / k, side) if k < 1 else centre  # where its centre lands
+            offset = grid_out + side / 2 - lands
+        else:
+            k, offset = float((hi - lo).max()) / (extent * side), grid_out
         src = (offset @ turn.T) * k + centre  # the source pixel each output pixel reads
         grid = (src / (side / 2) - 1)[None]
         img = F.grid_sample(x[i:i + 1], grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -162,12 +163,13 @@ def place_like(x: torch.Tensor, fg: torch.Tensor, fg_ref: torch.Tensor,
         m, r = fg[i] > 0.5, fg_ref[i] > 0.5
         if int(m.sum()) < 4 or int(r.sum()) < 4:
             continue
+        (view_centre, size), (ref_centre, _) = _box(m), _box(r)
         scale = math.sqrt(float(r.sum()) / float(m.sum()))  # output pixels per view pixel
-        lands, size = _box_centre(r), _box_size(m)
+        lands = ref_centre
         if min_extent and float(size.max()) * scale < min_extent * side:
             scale = min_extent * side / float(size.max())
             lands = inside(lands, size * scale, side)
-        src = (pixels - lands) / scale + _box_centre(m)
+        src = (pixels - lands) / scale + view_centre
         grid = (src / (side / 2) - 1)[None]
         moved = F.grid_sample(x[i:i + 1] - background[:, None, None], grid, mode="bilinear", padding_mode="zeros",
                               align_corners=False)
@@ -175,16 +177,11 @@ def place_like(x: torch.Tensor, fg: torch.Tensor, fg_ref: torch.Tensor,
     return out
 
 
-def _box_centre(mask: torch.Tensor) -> torch.Tensor:
-    """(x, y) of the centre of a (S, S) bool mask's box, in pixel units."""
+def _box(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The centre (x, y) and size (w, h) of a (S, S) bool mask's box, in pixel units."""
     ys, xs = torch.nonzero(mask, as_tuple=True)
-    return torch.tensor([xs.min() + xs.max() + 1, ys.min() + ys.max() + 1]).float() / 2
-
-
-def _box_size(mask: torch.Tensor) -> torch.Tensor:
-    """(width, height) of a (S, S) bool mask's box, in pixels."""
-    ys, xs = torch.nonzero(mask, as_tuple=True)
-    return torch.tensor([xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]).float()
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    return torch.tensor([x0 + x1, y0 + y1]).float() / 2, torch.tensor([x1 - x0, y1 - y0]).float()
 
 
 def inside(centre: torch.Tensor, size: torch.Tensor, side: int) -> torch.Tensor:
