@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from components import multisubject, world
 from components.bootstrap import pairs, redraw
 from components.bootstrap.pairs import pair_status
+from components.bootstrap.recompose import is_recomposed
 from components.judging.base import keep_in_place
 from components.config import Params
 from components.data.grids import load_rgb
@@ -248,6 +249,8 @@ def test_recomposed_pairs_render_new_scenes_of_identities_whose_reference_passed
     assert m["identities_passed"] == len(passed) and failed
     out = read_manifest(paths.out)
     new = out[out.id.str.match(r"multisubject-(three|four)-")]
+    # sft_std tells the packed rows by their ids (training/sft.py: target_references)
+    assert list(out.id.map(is_recomposed)) == list(out.id.isin(new.id)) and len(new) == 10
     assert len(new) == 10 and out.id.is_unique and set(new.subset) == {"Three", "Four"}
     assert all(len(r.identities) == len(r.refs) == {"Three": 3, "Four": 4}[r.subset] for r in new.itertuples())
     assert all(set(r.identities) <= passed for r in new.itertuples())

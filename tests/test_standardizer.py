@@ -162,8 +162,8 @@ def test_a_generator_carries_its_standardizer_and_samples_through_it(std_folder,
 
 
 def test_sft_trains_on_the_references_sampling_would_hand_it(std_folder, tmp_path, monkeypatch, judge_world):
-    """run_fit with a standardizer: the rows' references become prepare_references(...) of them,
-    and the saved model carries the standardizer."""
+    """run_fit with a standardizer: the rows' references become prepare_references(...) of them
+    (arranged as the data has them), and the saved model carries the standardizer."""
     from components.config import Params
     from components.training import fit
 
@@ -184,7 +184,8 @@ def test_sft_trains_on_the_references_sampling_would_hand_it(std_folder, tmp_pat
     fit.run_fit("sft", Params.model_validate(params), data, tmp_path / "out", tmp_path / "rep", tmp_path / "ck",
                 init=init, reference_layout="slots", standardizer=std_folder)
     raw = fit.load_pairs(data).refs
-    expected = prepare_references(raw, "slots", Standardizer.load(std_folder))
+    # a stored dataset's references stand as the model reads them: standardized, not packed again
+    expected = prepare_references(raw, "as_given", Standardizer.load(std_folder))
     assert all(np.array_equal(a, b) for r, e in zip(captured["refs"], expected) for a, b in zip(r, e))
     assert captured["std"] is not None
     assert SubjectGenerator.from_pretrained(tmp_path / "out").standardizer is not None
@@ -243,6 +244,54 @@ def test_sft_standardizes_each_target_s_own_subject_unless_told_the_reference(st
     seen.clear()
     sft.run_sft(Params.model_validate(params), paths)  # sft.standardize_refs is off by default
     assert seen["standardizer"] is None and seen["data"] is None
+
+
+def test_references_rebuilt_from_targets_are_packed_where_the_data_packed_them(std_folder, tmp_path, judge_world,
+                                                                            monkeypatch):
+    """A multisubject dataset packs only its recomposed pairs' references into their slots; its
+    other Three / Four pairs keep theirs where the reference shows the subject, and sft trains on
+    them so. References rebuilt from the targets (standardize_from: target) are packed again once
+    standardized exactly where the data packed them: run_fit hands the trainer the standardized
+    views, packed for the recomposed rows and as they are for the rest."""
+    import shutil
+
+    from components.bootstrap.recompose import is_recomposed, recomposed_id
+    from components.config import Params
+    from components.data.manifest import MANIFEST
+    from components.models import layout
+    from components.training import fit, sft
+
+    data = tmp_path / "multisubject"
+    shutil.copytree(judge_world[0] / "multi", data)
+    manifest = read_manifest(data)
+    many = [i for i, r in enumerate(manifest.refs) if len(r) in layout.SLOTS]
+    recomposed = set(many[::2])
+    assert len(recomposed) >= 2 and len(many) > len(recomposed)
+    manifest["id"] = [recomposed_id("Four", i) if i in recomposed else f"multisubject-{i:06d}"
+                      for i in range(len(manifest))]
+    manifest.to_parquet(data / MANIFEST, index=False)
+    layout.save_layout(data, "slots")
+    assert [is_recomposed(i) for i in manifest.id] == [i in recomposed for i in range(len(manifest))]
+    pairs = sft.target_references(data, 20)
+    assert pairs.layouts == ["slots" if i in recomposed else "as_given" for i in range(len(manifest))]
+
+    params = default_params()
+    params["generator"].update(SMALL_GEN)
+    set_training(params, "sft", **TINY_TRAIN)
+    captured = {}
+    monkeypatch.setattr(fit, "fit_generator", lambda stage, model, p, *a, **k: captured.update(refs=p.refs) or {})
+    init = tmp_path / "init"
+    SubjectGenerator.tiny(**SMALL_GEN).save_pretrained(init)
+    fit.run_fit("sft", Params.model_validate(params), data, tmp_path / "out", tmp_path / "rep", tmp_path / "ck",
+                init=init, reference_layout="slots", standardizer=std_folder, placement="keep",
+                data=sft.target_references(data, 20))
+    views = Standardizer.load(std_folder).placed("keep").references(pairs.refs)
+    assert len(captured["refs"]) == len(views)
+    for i, (got, v) in enumerate(zip(captured["refs"], views)):
+        want = layout.arrange(v, "slots") if i in recomposed else v
+        assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+    # packing moved something: a recomposed row's references are not its bare views
+    assert any(not np.array_equal(captured["refs"][i][0], views[i][0]) for i in recomposed)
 
 
 def test_the_stage_trains_the_standardizer_and_scores_it_on_heldout_identities(judge_world, tmp_path):

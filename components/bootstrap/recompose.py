@@ -4,6 +4,7 @@ subject k and its packed reference both in slot k (``models/layout.py``)."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +16,17 @@ from ..models import layout
 from ..world import Identity
 from ..world.scenes import N_SUBJECTS
 from . import SPLIT
+
+
+def recomposed_id(task: str, i: int) -> str:
+    """The manifest id of the ``i``-th pair recomposed for ``task``."""
+    return f"{SPLIT}-{task.lower()}-{i:06d}"
+
+
+def is_recomposed(row_id: str) -> bool:
+    """Whether a ``multisubject`` row was recomposed here: with the ``slots`` layout, its
+    references are the ones packed into their slots (the redrawn scenes' stay as drawn)."""
+    return re.fullmatch(rf"{SPLIT}-[a-z]+-\d{{6}}", row_id) is not None
 
 
 def in_slots(sample: world.Sample, refs: list[tuple[np.ndarray, list[int], str]],
@@ -56,7 +68,7 @@ def recompose(params: Params, passed: dict[str, list[tuple[np.ndarray, list[int]
                   f"{len(pool)} have one; none recomposed", flush=True)
             continue
         for i in range(n):
-            sid = f"{SPLIT}-{task.lower()}-{i:06d}"
+            sid = recomposed_id(task, i)
             for _ in range(100):  # a draw whose subject hides behind another is drawn again
                 sample = world.sample_task(rng, task, pool)
                 refs = [passed[p.identity.id][int(rng.integers(len(passed[p.identity.id])))]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Sequence
 
 from .layout import arrange, check_layout
 
@@ -58,11 +59,12 @@ class SamplingSettings:
                                  precision=self.precision)["images"])
 
 
-def prepare_references(refs, layout: str, standardizer=None) -> list[list]:
+def prepare_references(refs, layout: str | Sequence[str], standardizer=None) -> list[list]:
     """Rows of references as a generator reads them: each standardized by ``standardizer``
     (SerialGen's stage II, ``models/standardizer.py``; None: as given), then arranged in
-    ``layout``. The benchmark, the pyfunc model, ``generate`` and SFT's training data all go
-    through here."""
+    ``layout`` (one for every row, or one per row). The benchmark, the pyfunc model, ``generate``
+    and SFT's training data all go through here."""
     if standardizer is not None:
         refs = standardizer.references(refs)
-    return [arrange(r, layout) for r in refs]
+    layouts = [layout] * len(refs) if isinstance(layout, str) else list(layout)
+    return [arrange(r, lay) for r, lay in zip(refs, layouts, strict=True)]

@@ -36,13 +36,20 @@ from .loop import LoopConfig, Trainer, process_state
 
 @dataclass
 class Pairs:
-    """Rows of a dataset in memory: targets (N, H, W, 3), prompts, references per row."""
+    """Rows of a dataset in memory: targets (N, H, W, 3), prompts, references per row.
+    ``layouts``: per row, the layout its references are still to be arranged in once standardized
+    (rows rebuilt from their targets where the data packed them); None: every row's references
+    are already arranged as the generator reads them (a dataset as stored)."""
 
     targets: np.ndarray
     masks: np.ndarray  # (N, H, W) uint8 label maps: 0 background, k + 1 subject k
     prompts: list[str]
     refs: list[list[np.ndarray]]
     ids: list[str]
+    layouts: list[str] | None = None
+
+    def pending_layouts(self) -> list[str]:
+        return self.layouts if self.layouts is not None else ["as_given"] * len(self)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -65,7 +72,8 @@ def concat_pairs(*parts: Pairs) -> Pairs:
     """One dataset of several, rows in the given order."""
     return Pairs(np.concatenate([p.targets for p in parts]), np.concatenate([p.masks for p in parts]),
                  [x for p in parts for x in p.prompts], [x for p in parts for x in p.refs],
-                 [x for p in parts for x in p.ids])
+                 [x for p in parts for x in p.ids],
+                 None if all(p.layouts is None for p in parts) else [x for p in parts for x in p.pending_layouts()])
 
 
 def _label_map(path: Path) -> np.ndarray:
@@ -254,7 +262,8 @@ def run_fit(stage: str, params: Params, dataset_dir: Path, out: Path, reports: P
     sample grids still show the first's. Checkpoints go to ``checkpoints/<stage>-<fingerprint>``,
     keyed by everything that decides the result: config, architecture, data and initial weights.
     ``standardizer``: a standardizer folder (SerialGen's stage II): every reference is standardized
-    by it before training (``prepare_references``, as sampling does) and the model carries it, its
+    by it before training (``prepare_references``, as sampling does; then arranged as the data has
+    it, ``Pairs.layouts``) and the model carries it, its
     standard views at ``placement``, subjects under ``min_extent`` enlarged (``models/standardizer.py``).
     ``model`` and ``data``: a model and rows built by the caller (the standardizer's), ``extra``
     what else decides them (into the checkpoints' fingerprint). ``name``: the stage's name when it
@@ -276,11 +285,12 @@ def run_fit(stage: str, params: Params, dataset_dir: Path, out: Path, reports: P
     if standardizer is not None:
         model.standardizer = Standardizer.load(standardizer).placed(placement, min_extent)
         print(f"{stage}: standardizing {sum(len(r) for r in data.refs)} references with {standardizer}", flush=True)
-        data.refs = prepare_references(data.refs, reference_layout, model.standardizer)
+        data.refs = prepare_references(data.refs, data.pending_layouts(), model.standardizer)
     # compile is left out: a speed setting (a compiled run's checkpoint resumes an eager run and back)
     fp = fingerprint(stage, cfg.model_dump(exclude={"compile"}), params.generator.model_dump(), data_digest(dataset_dir),
                      data_digest(replay) if replay is not None else None, folder_hash(init) if init else None,
-                     (folder_hash(standardizer), placement, min_extent) if standardizer else None, extra)
+                     (folder_hash(standardizer), placement, min_extent, data.layouts) if standardizer else None,
+                     extra)
     name = name or stage
     checkpoints = checkpoint_folder(checkpoints, name, fp)
     reports.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..bootstrap.recompose import is_recomposed
 from ..config import Params
 from ..data.manifest import read_manifest
 from ..judging.base import isolate, keep_in_place
@@ -51,9 +52,14 @@ def target_references(dataset_dir: Path, subject_size: int, in_place: bool = Fal
     ``in_place``, where it sits in the target for the references the bootstrapping drew in place
     (their ``ref_scenes`` provenance says so; ``judging.base.keep_in_place``). The
     standardizer's input when SFT trains on standardized references from the target
-    (``sft.standardize_from``). The replayed single-subject pairs keep their rendered references."""
+    (``sft.standardize_from``). The rows the data packed into the ``slots`` layout (the recomposed
+    pairs) are to be packed again once standardized (``Pairs.layouts``), the rest as they are, so
+    each subject's reference stands where the data's does. The replayed single-subject pairs keep
+    their rendered references."""
     manifest = read_manifest(dataset_dir)
     data = load_pairs(dataset_dir, manifest)
+    packed = load_layout(dataset_dir)
+    data.layouts = [packed if is_recomposed(i) else "as_given" for i in data.ids]
 
     def source(target, box, scene: str):
         box = tuple(int(v) for v in box)
