@@ -12,19 +12,7 @@ set -euo pipefail
 F=$(realpath "$1"); W=$(realpath -m "$2"); START=$3; S=$(realpath "$4")
 export MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_ANALYTICS_ENABLED=false DVC_NO_ANALYTICS=1
 mkdir -p "$W/metrics"
-if [ ! -f "$W/standardizer/standardizer.json" ]; then
-  rm -rf "$W/standardizer"; cp -r "$F/models/standardizer" "$W/standardizer"
-  python - "$F" "$W/standardizer" <<'PY'
-import sys
-from pathlib import Path
-from components.config import load_params
-from components.standardize.analyser import load_pairs
-from components.standardize.train import standardizer_routes
-F = Path(sys.argv[1]); s = load_params(F / "params.yaml").synthesize
-routes = standardizer_routes("warp", load_pairs(F / "data/standardize", s.resolution, s.supersample))
-routes.save(sys.argv[2]); print(routes)
-PY
-fi
+[ -f "$W/standardizer/standardizer.json" ] || python docs/experiments/serialgen_routes.py "$F" "$W/standardizer" warp
 python - "$F/params.yaml" "$W/params.yaml" <<'PY'
 import sys, yaml
 p = yaml.safe_load(open(sys.argv[1]))
