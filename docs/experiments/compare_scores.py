@@ -3,6 +3,9 @@ rows and seed: sampling is deterministic, so a generator's stored per-row scores
 
     python docs/experiments/compare_scores.py <candidate scores.csv>:<generator> <baseline scores.csv>:<generator> ...
 
+A side may name several runs' tables joined by ``+`` (``a/scores.csv+b/scores.csv:sft``): each
+row's scores are averaged over them before pairing.
+
 Prints the Overall difference (candidate − baseline) with its 95 % interval for each baseline, as
 the evaluate stage's compare.md computes it. Run from the repository root with its venv active.
 """
@@ -17,12 +20,20 @@ from components.benchmark.report import compare
 
 
 def scores(spec: str, as_name: str) -> pd.DataFrame:
-    path, generator = spec.rsplit(":", 1)
-    frame = pd.read_csv(path)
-    frame = frame[frame.generator == generator]
-    if frame.empty:
-        raise SystemExit(f"{path} has no scores of {generator!r}")
-    return frame.assign(generator=as_name)
+    """One generator's per-row scores; ``a.csv+b.csv:<generator>``: each row's scores averaged over
+    the runs (the same model trained with other seeds, say)."""
+    paths, generator = spec.rsplit(":", 1)
+    frames = []
+    for path in paths.split("+"):
+        frame = pd.read_csv(path)
+        frame = frame[frame.generator == generator].set_index("id")
+        if frame.empty:
+            raise SystemExit(f"{path} has no scores of {generator!r}")
+        frames.append(frame)
+    numeric = [c for c in frames[0].columns if c != "n_subjects" and pd.api.types.is_numeric_dtype(frames[0][c])]
+    out = frames[0].copy()
+    out[numeric] = sum(f.loc[out.index, numeric] for f in frames) / len(frames)
+    return out.reset_index().assign(generator=as_name)
 
 
 def main(candidate: str, baselines: list[str]) -> None:
