@@ -55,6 +55,8 @@ ROUTES = "standardizer.json"
 OBJECT_ROUTES = ("warp", "cut", "generate")
 CUT_OUT = ("warp", "cut")  # the routes that cut an object out by the analyser's mask, sized by object_extent
 PLACEMENTS = ("centre", "keep")
+RESAMPLE = ("nearest", "bilinear")
+FLOOR_RESAMPLE = "nearest"  # what a floor set now enlarges by: the world's subjects are pixel-drawn
 # One prompt for every reference: a user's reference comes with no category or pose, so the
 # standardizer reads both from the image (the analyser does, for its conditioning).
 PROMPT = f"image 1 standardized: large, front view, centred, {backgrounds.PHRASES['plain']}"
@@ -67,18 +69,24 @@ class Routes:
     share of the image's side (the median over the training standard views; a warped object is
     scaled to it); ``placement``, centre or keep (see the module's docstring); ``min_extent``, with
     keep, the share of the side a subject's box's longer side is enlarged to if it is smaller (0:
-    never), the subject moved inwards as far as it must to stay whole."""
+    never), the subject moved inwards as far as it must to stay whole; ``floor_resample``, how an
+    object so enlarged is resampled (``FLOOR_RESAMPLE`` for floors set since it; bilinear, for
+    folders that do not record it, blurred the world's pixel-drawn subjects: the aesthetic judge
+    scores such references 0.35 lower, and the generator copied the blur)."""
 
     objects: str = "generate"
     object_extent: float = 0.0
     placement: str = "centre"
     min_extent: float = 0.0
+    floor_resample: str = "bilinear"
 
     def __post_init__(self):
         if self.objects not in OBJECT_ROUTES:
             raise ValueError(f"{ROUTES}: objects must be one of {OBJECT_ROUTES}, not {self.objects!r}")
         if self.placement not in PLACEMENTS:
             raise ValueError(f"{ROUTES}: placement must be one of {PLACEMENTS}, not {self.placement!r}")
+        if self.floor_resample not in RESAMPLE:
+            raise ValueError(f"{ROUTES}: floor_resample must be one of {RESAMPLE}, not {self.floor_resample!r}")
         if not 0 <= self.min_extent <= 1:
             raise ValueError(f"{ROUTES}: min_extent must be in [0, 1], got {self.min_extent}")
         if self.objects in CUT_OUT and not 0 < self.object_extent <= 1:
@@ -101,7 +109,7 @@ def is_person(pose: torch.Tensor) -> torch.Tensor:
 
 def warp_to_standard(x: torch.Tensor, fg: torch.Tensor, rotation: torch.Tensor, extent: float,
                      background: torch.Tensor, in_place: bool = False,
-                     min_extent: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                     min_extent: float = 0.0, floor_resample: str = "bilinear") -> tuple[torch.Tensor, torch.Tensor]:
     """Objects' standard views by a similarity transform: images ``x`` (B, 3, S, S) in [-1, 1],
     foreground probabilities ``fg`` (B, S, S), rotations (B,) in degrees, clockwise on screen as
     the renderer turns them. Each subject (``fg > 0.5``) is turned back upright, the centre of its
@@ -111,7 +119,7 @@ def warp_to_standard(x: torch.Tensor, fg: torch.Tensor, rotation: torch.Tensor, 
     against 0.872) than stray pixels cost. ``in_place``: the subject is turned upright about its
     box's centre and left where it is, at its own scale (``extent`` unused); one whose upright box's
     longer side is under ``min_extent`` of the side is enlarged to it, moved inwards as far as it
-    must to stay in the frame.
+    must to stay in the frame, resampled by ``floor_resample`` (nearest or bilinear).
     Returns the images and which had a subject (B,) bool: an image with none (under 4 pixels) is
     returned as it is."""
     b, _, side, _ = x.shape
@@ -138,9 +146,9 @@ def warp_to_standard(x: torch.Tensor, fg: torch.Tensor, rotation: torch.Tensor, 
             k, offset = float((hi - lo).max()) / (extent * side), grid_out
         src = (offset @ turn.T) * k + centre  # the source pixel each output pixel reads
         grid = (src / (side / 2) - 1)[None]
-        img = F.grid_sample(x[i:i + 1], grid, mode="bilinear", padding_mode="border", align_corners=False)
-        alpha = F.grid_sample(fg[i][None, None], grid, mode="bilinear", padding_mode="zeros",
-                              align_corners=False)
+        mode = floor_resample if in_place and k < 1 else "bilinear"
+        img = F.grid_sample(x[i:i + 1], grid, mode=mode, padding_mode="border", align_corners=False)
+        alpha = F.grid_sample(fg[i][None, None], grid, mode=mode, padding_mode="zeros", align_corners=False)
         out[i] = (alpha * img + (1 - alpha) * background[:, None, None])[0]
         found[i] = True
     return out, found
@@ -271,11 +279,12 @@ class Standardizer:
 
     def placed(self, placement: str, min_extent: float | None = None) -> Standardizer:
         """This standardizer with its standard views at ``placement`` (centre or keep), subjects
-        under ``min_extent`` enlarged (``Routes``; None: the floor it has); its cache is dropped if
-        that changes anything."""
-        min_extent = self.routes.min_extent if min_extent is None else min_extent
-        if (placement, min_extent) != (self.routes.placement, self.routes.min_extent):
-            self.routes, self._cache = replace(self.routes, placement=placement, min_extent=min_extent), {}
+        under ``min_extent`` enlarged, resampled by ``FLOOR_RESAMPLE`` (``Routes``; None: the floor
+        and resampling it has); its cache is dropped if that changes anything."""
+        routes = replace(self.routes, placement=placement) if min_extent is None else \
+            replace(self.routes, placement=placement, min_extent=min_extent, floor_resample=FLOOR_RESAMPLE)
+        if routes != self.routes:
+            self.routes, self._cache = routes, {}
         return self
 
     @torch.no_grad()
@@ -313,7 +322,7 @@ class Standardizer:
                     else torch.zeros(len(idx))  # cut: turned as the reference shows it
                 warped, found = warp_to_standard(to_model([images[part[j]] for j in objects]), fg[idx], rotation,
                                                  self.routes.object_extent, bg, self.routes.placement == "keep",
-                                                 self.routes.min_extent)
+                                                 self.routes.min_extent, self.routes.floor_resample)
                 done = {part[j]: w for j, w, f in zip(objects, to_uint8(warped), found.tolist()) if f}
             views.update(done)
             rest += [k for k in part if k not in done]

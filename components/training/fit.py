@@ -289,7 +289,7 @@ def run_fit(stage: str, params: Params, dataset_dir: Path, out: Path, reports: P
     # compile is left out: a speed setting (a compiled run's checkpoint resumes an eager run and back)
     fp = fingerprint(stage, cfg.model_dump(exclude={"compile"}), params.generator.model_dump(), data_digest(dataset_dir),
                      data_digest(replay) if replay is not None else None, folder_hash(init) if init else None,
-                     (folder_hash(standardizer), placement, min_extent, data.layouts) if standardizer else None,
+                     (folder_hash(standardizer), asdict(model.standardizer.routes), data.layouts) if standardizer else None,
                      extra)
     name = name or stage
     checkpoints = checkpoint_folder(checkpoints, name, fp)
