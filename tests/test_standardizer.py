@@ -293,6 +293,18 @@ def test_references_rebuilt_from_targets_are_packed_where_the_data_packed_them(s
     # packing moved something: a recomposed row's references are not its bare views
     assert any(not np.array_equal(captured["refs"][i][0], views[i][0]) for i in recomposed)
 
+    # stored references (standardize_from: reference) are already packed: kept in place, they stay
+    # so; a centred standard view undoes the packing, so those rows are packed again
+    handed = {}
+    monkeypatch.setattr(sft, "run_fit", lambda *a, **k: handed.update(k) or {})
+    paths = sft.SftPaths(data=data, single=judge_world[0] / "single", init=init, standardizer=std_folder,
+                         out=tmp_path / "o", reports=tmp_path / "r", checkpoints=tmp_path / "c")
+    for placement, layouts in (("keep", None), ("centre", pairs.layouts)):
+        params["sft"].update(standardize_from="reference", standardize_placement=placement)
+        sft.run_sft(Params.model_validate(params), paths, standardize=True)
+        got = handed["data"]
+        assert (got if got is None else got.layouts) == layouts, placement
+
 
 def test_the_stage_trains_the_standardizer_and_scores_it_on_heldout_identities(judge_world, tmp_path):
     data = judge_world[0]

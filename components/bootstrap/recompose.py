@@ -26,7 +26,7 @@ def recomposed_id(task: str, i: int) -> str:
 def is_recomposed(row_id: str) -> bool:
     """Whether a ``multisubject`` row was recomposed here: with the ``slots`` layout, its
     references are the ones packed into their slots (the redrawn scenes' stay as drawn)."""
-    return re.fullmatch(rf"{SPLIT}-[a-z]+-\d{{6}}", row_id) is not None
+    return re.fullmatch(rf"{SPLIT}-[a-z]+-\d{{6,}}", row_id) is not None
 
 
 def in_slots(sample: world.Sample, refs: list[tuple[np.ndarray, list[int], str]],

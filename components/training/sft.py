@@ -29,7 +29,7 @@ class SftPaths:
 def run_sft(params: Params, paths: SftPaths, name: str = "sft", standardize: bool | None = None) -> dict:
     """Fine-tune ``paths.init`` on the multi-subject pairs in ``paths.data`` with ``params.sft``;
     ``standardize`` (None: ``sft.standardize_refs``) standardizes every reference first, read from
-    what ``sft.standardize_from`` names."""
+    what ``sft.standardize_from`` names, then arranged as the data arranges it (``Pairs.layouts``)."""
     cfg = params.sft
     standardize = cfg.standardize_refs if standardize is None else standardize
     replay = paths.single if cfg.ref_count_probs.get(1, 0) > 0 else None
@@ -38,12 +38,22 @@ def run_sft(params: Params, paths: SftPaths, name: str = "sft", standardize: boo
     if standardize and cfg.standardize_from == "target":
         data = target_references(paths.data, params.multisubject.subject_size, in_place=keep)
         extra = {"standardize_from": "target", "subject_size": params.multisubject.subject_size}
+    elif standardize and not keep:  # a centred view undoes the stored packing: pack it again
+        data = load_pairs(paths.data)
+        data.layouts = packed_layouts(paths.data, data.ids)
     # the model expects its references as its data showed them (multisubject.recompose_layout)
     return run_fit("sft", params, paths.data, paths.out, paths.reports, paths.checkpoints, init=paths.init,
                    ref_count_probs=dict(cfg.ref_count_probs), replay=replay, reference_layout=load_layout(paths.data),
                    standardizer=paths.standardizer if standardize else None, placement=cfg.standardize_placement,
                    min_extent=cfg.standardize_min_extent,
                    data=data, extra=extra, name=name)
+
+
+def packed_layouts(dataset_dir: Path, ids: list[str]) -> list[str]:
+    """Per row, the layout the dataset packed its references in: its own for the pairs it
+    recomposed (``bootstrap/recompose.py``), as given for the rest."""
+    packed = load_layout(dataset_dir)
+    return [packed if is_recomposed(i) else "as_given" for i in ids]
 
 
 def target_references(dataset_dir: Path, subject_size: int, in_place: bool = False) -> Pairs:
@@ -58,8 +68,7 @@ def target_references(dataset_dir: Path, subject_size: int, in_place: bool = Fal
     their rendered references."""
     manifest = read_manifest(dataset_dir)
     data = load_pairs(dataset_dir, manifest)
-    packed = load_layout(dataset_dir)
-    data.layouts = [packed if is_recomposed(i) else "as_given" for i in data.ids]
+    data.layouts = packed_layouts(dataset_dir, data.ids)
 
     def source(target, box, scene: str):
         box = tuple(int(v) for v in box)

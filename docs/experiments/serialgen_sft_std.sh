@@ -6,11 +6,13 @@
 # <sft's evaluate reports>: a reports/evaluate folder holding sft's scores.csv and wild/scores.csv.
 # The project's models/standardizer is copied and given the routes the standardizer stage now
 # writes by default (`standardizer.objects: cut`), whatever it records; key=value pairs override the
-# project's params (e.g. sft.standardize_min_extent=0.3, training.seed=1). Run from the repository
+# project's params (e.g. sft.standardize_min_extent=0.3, training.seed=1); one workdir per setting:
+# a workdir's trained model is reused whatever the overrides say. Run from the repository
 # root with its venv active. Beside nothing else: two training processes on 2 cores run about 10x
 # slower each.
 set -euo pipefail
 F=$(realpath "$1"); W=$(realpath -m "$2"); S=$(realpath "$3"); STAGE=${4:-sft_std}
+case $STAGE in sft|sft_std) ;; *) echo "stage must be sft or sft_std, not $STAGE" >&2; exit 2 ;; esac
 shift $(( $# < 4 ? $# : 4 ))
 export MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_ANALYTICS_ENABLED=false DVC_NO_ANALYTICS=1
 mkdir -p "$W/metrics"
