@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from components import multisubject, world
 from components.bootstrap import pairs, redraw
 from components.bootstrap.pairs import pair_status
-from components.bootstrap.recompose import is_recomposed
+from components.bootstrap import is_recomposed
 from components.judging.base import keep_in_place
 from components.config import Params
 from components.data.grids import load_rgb

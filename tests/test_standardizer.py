@@ -255,7 +255,7 @@ def test_references_rebuilt_from_targets_are_packed_where_the_data_packed_them(s
     views, packed for the recomposed rows and as they are for the rest."""
     import shutil
 
-    from components.bootstrap.recompose import is_recomposed, recomposed_id
+    from components.bootstrap import is_recomposed, recomposed_id
     from components.config import Params
     from components.data.manifest import MANIFEST
     from components.models import layout

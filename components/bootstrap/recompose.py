@@ -4,7 +4,6 @@ subject k and its packed reference both in slot k (``models/layout.py``)."""
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,18 +14,7 @@ from ..config import Params
 from ..models import layout
 from ..world import Identity
 from ..world.scenes import N_SUBJECTS
-from . import SPLIT
-
-
-def recomposed_id(task: str, i: int) -> str:
-    """The manifest id of the ``i``-th pair recomposed for ``task``."""
-    return f"{SPLIT}-{task.lower()}-{i:06d}"
-
-
-def is_recomposed(row_id: str) -> bool:
-    """Whether a ``multisubject`` row was recomposed here: with the ``slots`` layout, its
-    references are the ones packed into their slots (the redrawn scenes' stay as drawn)."""
-    return re.fullmatch(rf"{SPLIT}-[a-z]+-\d{{6,}}", row_id) is not None
+from . import SPLIT, recomposed_id
 
 
 def in_slots(sample: world.Sample, refs: list[tuple[np.ndarray, list[int], str]],

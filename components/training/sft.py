@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..bootstrap.recompose import is_recomposed
+from ..bootstrap import is_recomposed
 from ..config import Params
 from ..data.manifest import read_manifest
 from ..judging.base import isolate, keep_in_place
