@@ -282,15 +282,16 @@ def run_fit(stage: str, params: Params, dataset_dir: Path, out: Path, reports: P
     if model is None:
         model = SubjectGenerator.from_pretrained(init) if init else \
             build_generator(params.generator, params.synthesize.resolution, cfg.seed)
+    standardized = None  # what decides the standardized references, into the fingerprint
     if standardizer is not None:
         model.standardizer = Standardizer.load(standardizer).placed(placement, min_extent)
         print(f"{stage}: standardizing {sum(len(r) for r in data.refs)} references with {standardizer}", flush=True)
         data.refs = prepare_references(data.refs, data.pending_layouts(), model.standardizer)
+        standardized = folder_hash(standardizer), asdict(model.standardizer.routes), data.layouts
     # compile is left out: a speed setting (a compiled run's checkpoint resumes an eager run and back)
     fp = fingerprint(stage, cfg.model_dump(exclude={"compile"}), params.generator.model_dump(), data_digest(dataset_dir),
                      data_digest(replay) if replay is not None else None, folder_hash(init) if init else None,
-                     (folder_hash(standardizer), asdict(model.standardizer.routes), data.layouts) if standardizer else None,
-                     extra)
+                     standardized, extra)
     name = name or stage
     checkpoints = checkpoint_folder(checkpoints, name, fp)
     reports.mkdir(parents=True, exist_ok=True)
