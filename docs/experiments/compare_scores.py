@@ -4,7 +4,10 @@ rows and seed: sampling is deterministic, so a generator's stored per-row scores
     python docs/experiments/compare_scores.py <candidate scores.csv>:<generator> <baseline scores.csv>:<generator> ...
 
 A side may name several runs' tables joined by ``+`` (``a/scores.csv+b/scores.csv:sft``): each
-row's scores are averaged over them before pairing.
+row's scores are averaged over them before pairing. ``--person <data dir>`` (first) keeps only the
+rows of that benchmark folder whose subjects include the person (the table's "person rows"):
+
+    python docs/experiments/compare_scores.py --person data/wild <candidate>:<g> <baseline>:<g>
 
 Prints the Overall difference (candidate − baseline) with its 95 % interval for each baseline, as
 the evaluate stage's compare.md computes it. Run from the repository root with its venv active.
@@ -36,17 +39,30 @@ def scores(spec: str, as_name: str) -> pd.DataFrame:
     return out.reset_index().assign(generator=as_name)
 
 
-def main(candidate: str, baselines: list[str]) -> None:
+def main(candidate: str, baselines: list[str], keep: set[str] | None = None) -> None:
     cand = scores(candidate, "candidate")
+    if keep is not None:
+        cand = cand[cand.id.isin(keep)]
     subsets = [t for t in world.TASKS if t in set(cand.subset)]
     print(f"candidate {candidate}")
     for spec in baselines:
-        table = compare(pd.concat([scores(spec, "baseline"), cand]), "baseline", "candidate", subsets)
+        base = scores(spec, "baseline")
+        table = compare(pd.concat([base[base.id.isin(cand.id)], cand]), "baseline", "candidate", subsets)
         overall = table[table.subset == "Overall"].set_index("dimension")
         cells = [f"{d} {r.difference:+.3f} [{r.low:+.3f}, {r.high:+.3f}]{'*' if r.low > 0 or r.high < 0 else ''}"
                  for d, r in overall.iterrows()]
         print(f"  − {spec}: " + ", ".join(cells))
 
 
+def person_ids(data_dir: str) -> set[str]:
+    """The ids of a benchmark folder's rows whose subjects include the person."""
+    manifest = pd.read_parquet(f"{data_dir}/manifest.parquet")
+    return set(manifest.id[[world.CHARACTER in list(c) for c in manifest.categories]])
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    args = sys.argv[1:]
+    keep = None
+    if args[0] == "--person":
+        keep, args = person_ids(args[1]), args[2:]
+    main(args[0], args[1:], keep)
