@@ -71,12 +71,16 @@ def serial_benchmark(params: Params, serial_dir: Path, judges_dir: Path, reports
     return table
 
 
+def person_ids(bench_dir: Path) -> set[str]:
+    """The ids of a benchmark folder's rows whose subjects include the person."""
+    manifest = pd.read_parquet(bench_dir / "manifest.parquet")
+    return set(manifest.id[[CHARACTER in list(c) for c in manifest.categories]])
+
+
 def person_rows(reports: Path, bench_dir: Path) -> pd.DataFrame:
     """Per generator, the mean SC / SA / AES of the rows whose subjects include the person."""
     scores = pd.read_csv(reports / "scores.csv")
-    manifest = pd.read_parquet(bench_dir / "manifest.parquet")
-    with_person = set(manifest.id[[CHARACTER in list(c) for c in manifest.categories]])
-    sub = scores[scores.id.isin(with_person)]
+    sub = scores[scores.id.isin(person_ids(bench_dir))]
     return sub.groupby("generator", sort=False)[["SC", "SA", "AES"]].mean().assign(rows=sub.groupby(
         "generator", sort=False).size())
 

@@ -15,11 +15,13 @@ the evaluate stage's compare.md computes it. Run from the repository root with i
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pandas as pd
 
 from components import world
 from components.benchmark.report import compare
+from components.benchmark.variants import person_ids
 
 
 def scores(spec: str, as_name: str) -> pd.DataFrame:
@@ -54,15 +56,9 @@ def main(candidate: str, baselines: list[str], keep: set[str] | None = None) -> 
         print(f"  − {spec}: " + ", ".join(cells))
 
 
-def person_ids(data_dir: str) -> set[str]:
-    """The ids of a benchmark folder's rows whose subjects include the person."""
-    manifest = pd.read_parquet(f"{data_dir}/manifest.parquet")
-    return set(manifest.id[[world.CHARACTER in list(c) for c in manifest.categories]])
-
-
 if __name__ == "__main__":
     args = sys.argv[1:]
     keep = None
     if args[0] == "--person":
-        keep, args = person_ids(args[1]), args[2:]
+        keep, args = person_ids(Path(args[1])), args[2:]
     main(args[0], args[1:], keep)
